@@ -1,0 +1,141 @@
+"""The strategy interface every distillation / adversarial-training method implements.
+
+A strategy owns only its algorithm:
+
+* :meth:`Strategy.perturb` - the inner maximisation. It returns the adversarial batch and, when
+  the method has an attack, ``kappa``: per sample, how many of the PGD iterates ``x^0..x^{K-1}``
+  the *student* still classified correctly (Fair-ARD's geometric difficulty, free because it
+  reuses the attack's forward passes).
+* :meth:`Strategy.loss` - the outer loss. Every per-sample term accepts ``sample_weight`` and is
+  reduced as ``sum_i w_i * l_i / B`` (the Fair-ARD convention, *not* divided by ``sum w``);
+  with ``sample_weight=None`` the very same arithmetic runs with ``w_i = 1``, so a reweighting
+  wrapper with uniform weights reproduces the base method bit for bit.
+
+The trainer owns everything else: the student's mode (it puts the student in
+``attack_mode`` before :meth:`perturb` and back in train mode before :meth:`loss`), autocast,
+devices, DDP, the optimizer and checkpoints. Teachers arrive frozen and in eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import UsageError, did_you_mean
+
+
+@dataclass
+class AttackSettings:
+    """Training-time inner maximisation budget (pixel units of [0, 1])."""
+
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+
+
+@dataclass
+class AttackOutput:
+    """What :meth:`Strategy.perturb` hands to :meth:`Strategy.loss`.
+
+    Attributes:
+        x_adv: the adversarial batch (``None`` for methods without an attack).
+        kappa: per-sample count of PGD iterates classified correctly (long, shape [B]) or ``None``.
+        teacher_clean: teacher logits on the clean batch, if the attack already computed them.
+        extras: anything else a method wants to carry from its attack to its loss.
+    """
+
+    x_adv: torch.Tensor | None = None
+    kappa: torch.Tensor | None = None
+    teacher_clean: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy:
+    """Base class: subclasses set ``name``/``summary``/``Params`` and implement perturb and loss."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    attack_mode: ClassVar[str] = "train"  # student BN mode during perturb: "train", "eval" or "none"
+    default_schedule: ClassVar[str] = "ard"  # lr schedule preset (see robustdistill.train)
+    default_weight_decay: ClassVar[float] = 2e-4
+
+    @dataclass
+    class Params:
+        """Method hyperparameters with the paper defaults (overridden per subclass)."""
+
+    def __init__(self, params: Any = None, attack: AttackSettings | None = None, num_classes: int = 10) -> None:
+        self.params = params if params is not None else self.Params()
+        self.attack = attack or AttackSettings()
+        self.num_classes = num_classes
+        self.epoch = 0
+        self.num_epochs = 1
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called before each epoch (0-based); e.g. IAD switches its introspection term on."""
+        self.epoch, self.num_epochs = epoch, num_epochs
+
+    def on_epoch_end(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """Called after each epoch; ``reduce`` all-reduces (sums) a tensor across DDP processes.
+
+        Returns values to log (e.g. Fair-ARD's new class weights).
+        """
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state that a resumed run needs (tensors, numbers, lists only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    # -- the algorithm -----------------------------------------------------------------------
+    def perturb(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        raise NotImplementedError
+
+    def loss(
+        self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+        adv: AttackOutput, sample_weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (scalar loss, detached per-batch statistics to log)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, **{f.name: getattr(self.params, f.name) for f in fields(self.params)}}
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``sum_i w_i * v_i / B``; identical arithmetic with ``weight=None`` (w = 1)."""
+    if weight is not None:
+        values = values * weight
+    return values.sum() / values.shape[0]
+
+
+# --------------------------------------------------------------------------- registry
+_METHODS: dict[str, type[Strategy]] = {}
+
+
+def register_method(cls: type[Strategy]) -> type[Strategy]:
+    if not cls.name or cls.name in _METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    from . import _load_all  # noqa: F401 - registration happens on package import
+
+    names = list(_METHODS)
+    return names + [f"fair-{n}" for n in names if _METHODS[n].needs_teacher]
+
+
+def get_method_class(name: str) -> type[Strategy]:
+    from . import _load_all  # noqa: F401
+
+    if name not in _METHODS:
+        raise UsageError(did_you_mean(name, method_names(), "method"))
+    return _METHODS[name]
