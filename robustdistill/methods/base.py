@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError, did_you_mean
@@ -113,6 +114,40 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
     if weight is not None:
         values = values * weight
     return values.sum() / values.shape[0]
+
+
+def soft_kl(
+    target_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0, *, log_offset: float | None = None,
+) -> torch.Tensor:
+    """Per-sample ``KL(p^tau(target) || p^tau(student))`` summed over classes, in float32.
+
+    Divide by C for the "mean-KL" convention (PyTorch's default KL reduction, ARD/RSLAD/AdaAD) or
+    keep as is for "batch-KL" (IAD, TRADES). ``log_offset`` writes the target log as
+    ``log(p + log_offset)`` (RSLAD's ``1e-5``); otherwise ``log_softmax`` is used. Gradients flow
+    into both arguments; detach the target where the method treats it as a constant.
+    """
+    log_q = F.log_softmax(student_logits.float() / tau, dim=1)
+    if log_offset is None:
+        log_p = F.log_softmax(target_logits.float() / tau, dim=1)
+        p = log_p.exp()
+    else:
+        p = F.softmax(target_logits.float() / tau, dim=1)
+        log_p = torch.log(p + log_offset)
+    return (p * (log_p - log_q)).sum(1)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`UsageError` with ``message`` (one line saying the fix) unless ``condition``."""
+    if not condition:
+        raise UsageError(message)
+
+
+def frozen_logits(teacher: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """Teacher logits without a graph (the teacher is frozen and needs no input gradient here)."""
+    if teacher is None:
+        raise UsageError("this method needs a teacher; pass one (e.g. --teacher robustbench:Zhang2019Theoretically)")
+    with torch.no_grad():
+        return teacher(x).detach()
 
 
 # --------------------------------------------------------------------------- registry

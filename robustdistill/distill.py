@@ -1,0 +1,393 @@
+"""The distillation (and teacher-training) pipeline behind ``robustdistill distill`` / ``train-teacher``.
+
+Order of work is chosen so that a bad input never costs anything already written: every input
+(dataset, teacher, student, method, hyperparameters, eps) is loaded and checked *before* the run
+directory is touched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._utils import atomic_write_json, atomic_write_text, format_fraction, parse_fraction, select_device, sha256_file
+from .api import ModelOptions, describe_model, model_file, open_model, saved_config
+from .data import DatasetSplits, load_dataset
+from .errors import RunDirError, UsageError
+from .evaluation import EvalSettings, EvaluationResult, evaluate_model, parse_attacks
+from .methods import AttackSettings, build_strategy, get_method_class, method_defaults
+from .models import Classifier, build_student, freeze, save_classifier
+from .progress import console, is_main_process
+from .report import evaluation_markdown, plot_per_class
+from .train import RunDir, TrainConfig, Trainer
+
+DIGITS_EPS = "0.2"
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a run; saved resolved as ``config.yaml`` and in the student's metadata.
+
+    ``None`` means "the default for this method / teacher / dataset" and is resolved by
+    :func:`resolve_config` (the resolved values are what gets saved).
+    """
+
+    teacher: str | None = "bundled:digits"
+    student: str = "tiny_cnn"
+    method: str = "fair-ard"
+    dataset: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    val_size: int | None = None
+    eps: str | None = None
+    attack_step: str | None = None
+    attack_steps: int = 10
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    nesterov: bool = False
+    schedule: str | None = None
+    amp: str = "none"
+    channels_last: bool = False
+    seed: int = 0
+    select: str = "last"
+    val_pgd_steps: int = 10
+    eval_attacks: str = "clean,pgd,cw,aa"
+    no_aa: bool = False
+    eval_n_examples: int | None = None
+    eval_batch_size: int = 256
+    out: str | None = None
+    device: str = "auto"
+    teacher_arch: str | None = None
+    teacher_weights: str | None = None
+    model_dir: str | None = None
+    student_weights: str | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+# Epochs when none is given: the papers' schedules, except on the bundled digits data, where the
+# default run must finish in about two minutes on a laptop CPU.
+PAPER_EPOCHS = {"rslad": 300}
+DIGITS_EPOCHS = 40
+
+
+def _base_method(method: str) -> str:
+    return method[len("fair-"):] if method.startswith("fair-") else method
+
+
+def resolve_config(cfg: DistillConfig) -> DistillConfig:
+    """Fill every ``None`` default from the method, teacher and dataset."""
+    cls_defaults = method_defaults(cfg.method)  # raises on unknown method
+    base = _base_method(cfg.method)
+    method_cls = get_method_class(base)
+    teacher_cfg = saved_config(cfg.teacher) if cfg.teacher else {}
+    dataset = cfg.dataset or teacher_cfg.get("dataset") or ("digits" if cfg.teacher in (None, "bundled:digits") else None)
+    if not dataset:
+        raise UsageError("say which data to train on with --dataset (digits, cifar10, cifar100, svhn, imagefolder)")
+    eps = cfg.eps or teacher_cfg.get("eps") or (DIGITS_EPS if dataset == "digits" else "8/255")
+    eps_value = parse_fraction(eps, name="eps")
+    step = cfg.attack_step or format_fraction(eps_value / 4)
+    parse_fraction(step, name="attack step")
+    epochs = cfg.epochs or (DIGITS_EPOCHS if dataset == "digits" else PAPER_EPOCHS.get(base, 200))
+    schedule = cfg.schedule or method_cls.default_schedule
+    wd = cfg.weight_decay if cfg.weight_decay is not None else method_cls.default_weight_decay
+    hparams = {k: v for k, v in cfg.hparams.items() if v is not None}
+    return replace(cfg, dataset=dataset, eps=eps, attack_step=step, epochs=epochs, schedule=schedule, weight_decay=wd,
+                   hparams={**cls_defaults, **hparams})
+
+
+def default_out(cfg: DistillConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    student = cfg.student.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{stamp}-{cfg.method}-{student}-{cfg.dataset}"
+
+
+@dataclass
+class DistillResult:
+    """Where a run wrote its files, and its final evaluations."""
+
+    out_dir: Path
+    student_path: Path
+    report_path: Path
+    student: EvaluationResult | None
+    teacher: EvaluationResult | None
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        def brief(result: EvaluationResult | None) -> dict[str, Any] | None:
+            if result is None:
+                return None
+            return {a: {"accuracy": result.summary(a)["accuracy"], "worst": result.summary(a)["worst_class"]} for a in result.correct}
+
+        return {"out_dir": str(self.out_dir), "student": brief(self.student), "teacher": brief(self.teacher)}
+
+
+def _train_config(cfg: DistillConfig) -> TrainConfig:
+    return TrainConfig(
+        epochs=int(cfg.epochs or 1), batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=float(cfg.weight_decay if cfg.weight_decay is not None else 2e-4), nesterov=cfg.nesterov,
+        schedule=cfg.schedule or "ard", amp=cfg.amp, channels_last=cfg.channels_last, seed=cfg.seed,
+        val_pgd_steps=cfg.val_pgd_steps, select=cfg.select,
+    )
+
+
+@dataclass
+class _Prepared:
+    cfg: DistillConfig
+    splits: DatasetSplits
+    teacher: Classifier | None
+    student: Classifier
+    trainer: Trainer
+    run: RunDir
+    device: torch.device
+
+
+def _prepare(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> _Prepared:
+    """Load and check every input, then (only then) claim the run directory."""
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    run = RunDir(out)
+    cfg = replace(cfg, out=str(out))
+    train_cfg = _train_config(cfg)
+    train_cfg.validate()
+    parse_attacks(cfg.eval_attacks)
+    splits = load_dataset(cfg.dataset or "", cfg.data_dir, download=cfg.download, image_size=cfg.image_size, val_size=cfg.val_size)
+    teacher = None
+    if cfg.teacher:
+        options = ModelOptions(arch=cfg.teacher_arch, weights=cfg.teacher_weights, model_dir=cfg.model_dir)
+        teacher = freeze(open_model(cfg.teacher, splits, options, role="teacher"))
+    elif _needs_teacher(cfg.method):
+        raise UsageError(f"method {cfg.method} distils from a teacher; pass --teacher")
+    student = build_student(cfg.student, splits.info.hint(), weights=cfg.student_weights)
+    attack = AttackSettings(eps=parse_fraction(cfg.eps or "8/255"), step_size=parse_fraction(cfg.attack_step or "2/255"), steps=cfg.attack_steps)
+    strategy = build_strategy(cfg.method, cfg.hparams, attack=attack, num_classes=splits.info.num_classes)
+    device = select_device(cfg.device)
+    run.prepare(resume=resume, overwrite=overwrite)
+    trainer = Trainer(
+        student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=train_cfg,
+        device=device, run_dir=run, eval_settings=EvalSettings(eps=attack.eps), run_config=cfg.to_dict(),
+    )
+    if resume:
+        trainer.load_checkpoint(run / "checkpoint.pt")
+    return _Prepared(cfg, splits, teacher, student, trainer, run, device)
+
+
+def _needs_teacher(method: str) -> bool:
+    return get_method_class(_base_method(method)).needs_teacher
+
+
+# Flags that may change when a run is resumed (they do not change what is trained).
+RESUMABLE_CHANGES = ("device", "no_aa", "eval_attacks", "eval_n_examples", "eval_batch_size", "epochs")
+
+
+def resume_config(out: str | Path, given: dict[str, Any]) -> DistillConfig:
+    """The saved config of the run in ``out``; explicitly ``given`` values must agree with it,
+    except for :data:`RESUMABLE_CHANGES` (e.g. more ``epochs``, another ``device``)."""
+    import yaml
+
+    path = Path(out) / "config.yaml"
+    if not path.exists() or not (Path(out) / "checkpoint.pt").exists():
+        raise RunDirError(f"nothing to resume in {out} (no config.yaml/checkpoint.pt); start the run without --resume")
+    saved = yaml.safe_load(path.read_text())
+    given = dict(given)
+    saved_h = saved.get("hparams") or {}
+    conflicts = [f"{k}={v!r} (the run has {saved_h.get(k)!r})" for k, v in (given.pop("hparams", None) or {}).items() if saved_h.get(k) != v]
+    conflicts += [f"{k}={v!r} (the run has {saved.get(k)!r})" for k, v in given.items()
+                  if k not in RESUMABLE_CHANGES and k != "out" and k in saved and v != saved.get(k)]
+    if conflicts:
+        raise RunDirError(f"--resume continues the saved run, but {', '.join(conflicts)}; drop those flags or start a new --out")
+    changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES}
+    return replace(DistillConfig.from_dict(saved), out=str(out), **changes)
+
+
+def _write_config(prep: _Prepared) -> None:
+    import yaml
+
+    if is_main_process():
+        atomic_write_text(prep.run / "config.yaml", yaml.safe_dump(prep.cfg.to_dict(), sort_keys=False))
+
+
+def _teacher_meta(cfg: DistillConfig) -> dict[str, str]:
+    if not cfg.teacher:
+        return {}
+    meta = {"teacher": cfg.teacher}
+    path = model_file(cfg.teacher)
+    if path is None and cfg.teacher.startswith("robustbench:"):
+        from .models.robustbench_source import checkpoint_path, parse_robustbench_id
+
+        path = checkpoint_path(*parse_robustbench_id(cfg.teacher), cfg.model_dir)
+    if path is not None and Path(path).exists():
+        meta["teacher_sha256"] = sha256_file(path)
+    return meta
+
+
+def _evaluate_final(prep: _Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str) -> EvaluationResult:
+    cfg = prep.cfg
+    attacks = [a for a in parse_attacks(cfg.eval_attacks) if not (cfg.no_aa and a == "aa")]
+    settings = EvalSettings(eps=parse_fraction(cfg.eps or "8/255"), seed=cfg.seed)
+    return evaluate_model(
+        model, prep.splits.test, prep.splits.info.class_names, attacks=attacks, settings=settings,
+        n_examples=cfg.eval_n_examples, batch_size=cfg.eval_batch_size, device=prep.device, model_id=model_id,
+        dataset=prep.splits.info.name, model_info=info, description=description,
+    )
+
+
+def run_training(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) -> DistillResult:
+    """Train a student (distillation, or teacher-free adversarial training) and report on it.
+
+    Teacher-free runs (``train-teacher``) write ``teacher.safetensors`` instead of ``student.safetensors``.
+    """
+    prep = _prepare(cfg, resume=resume, overwrite=overwrite)
+    cfg = prep.cfg
+    _write_config(prep)
+    if is_main_process():
+        console.print(f"[bold]{cfg.method}[/]: {cfg.teacher or '(no teacher)'} → {cfg.student} on {cfg.dataset}, "
+                      f"eps {cfg.eps}, {cfg.epochs} epochs, device {prep.device}; run directory [bold]{prep.run.path}[/]")
+    history = prep.trainer.fit()
+    student_path = prep.run / ("student.safetensors" if cfg.teacher else "teacher.safetensors")
+    report_path = prep.run / "report.json"
+    if not is_main_process():
+        return DistillResult(prep.run.path, student_path, report_path, None, None, history, cfg.to_dict())
+    extra = {"dataset": str(cfg.dataset), "method": cfg.method, "eps": str(cfg.eps), **_teacher_meta(cfg)}
+    save_classifier(prep.student, student_path, config=cfg.to_dict(), extra=extra)
+    student_eval = _evaluate_final(prep, prep.student, str(student_path), describe_model(str(student_path), prep.student), "student")
+    teacher_eval = None
+    if prep.teacher is not None and cfg.teacher:
+        teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher, describe_model(cfg.teacher, prep.teacher), "teacher")
+    write_run_report(prep, student_eval, teacher_eval, history)
+    return DistillResult(prep.run.path, student_path, report_path, student_eval, teacher_eval, history, cfg.to_dict())
+
+
+def write_run_report(prep: _Prepared, student: EvaluationResult, teacher: EvaluationResult | None, history: list[dict[str, Any]]) -> None:
+    """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher)."""
+    cfg = prep.cfg
+    report: dict[str, Any] = {
+        "schema": "robustdistill/distill@1",
+        "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.select,
+                "final_validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}},
+        "student": student.to_dict(),
+        "teacher": teacher.to_dict() if teacher is not None else None,
+    }
+    headline = "aa" if "aa" in student.correct else ("pgd" if "pgd" in student.correct else "clean")
+    md = [f"# Distillation report: {cfg.method}", "",
+          f"Teacher `{cfg.teacher}` → student `{cfg.student}` on {cfg.dataset}, L∞ eps {cfg.eps}, "
+          f"{len(history)} epochs, seed {cfg.seed}. Model selection: {cfg.select} epoch "
+          "(validation split carved from the training data; the test split is used only here).", ""]
+    md.append(evaluation_markdown(report["student"], heading="Student"))
+    pairs = [("student", report["student"])]
+    if teacher is not None:
+        md.append(evaluation_markdown(report["teacher"], heading="Teacher"))
+        pairs.insert(0, ("teacher", report["teacher"]))
+        try:
+            from .fairness import compare, write_outputs
+
+            comparison = compare([("teacher", teacher), ("student", student)])
+            report["fairness"] = comparison
+            write_outputs(comparison, prep.run.path)
+        except ImportError:  # pragma: no cover - fairness module not present
+            pass
+    atomic_write_json(prep.run / "report.json", report)
+    atomic_write_text(prep.run / "report.md", "\n".join(md))
+    plot_per_class(pairs, headline, prep.run / "per_class.png", title=f"Per-class accuracy under {headline.upper()}: teacher vs student")
+
+
+def distill(
+    teacher: str | None = "bundled:digits",
+    student: str = "tiny_cnn",
+    method: str = "fair-ard",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> DistillResult:
+    """Distil ``teacher`` into ``student`` with ``method``; the Python twin of ``robustdistill distill``.
+
+    Keyword options are the fields of :class:`DistillConfig` (``dataset``, ``epochs``, ``eps``,
+    ``out``, ...); anything else (``alpha``, ``temperature``, ``beta``, ``gamma``, ...) is a method
+    hyperparameter.
+
+    Example:
+        >>> result = robustdistill.distill("bundled:digits", "tiny_cnn", "fair-ard", epochs=5, out="runs/demo")
+        >>> result.student.summary("pgd")["worst_class"]
+    """
+    known = {f.name for f in fields(DistillConfig)}
+    hparams = dict(options.pop("hparams", {}) or {})
+    hparams.update({k: v for k, v in options.items() if k not in known})
+    base = {k: v for k, v in options.items() if k in known}
+    if resume:
+        if not base.get("out"):
+            raise UsageError("resume needs out=... (the run directory to continue)")
+        cfg = resume_config(base["out"], {k: v for k, v in base.items() if k != "out"})
+    else:
+        cfg = resolve_config(DistillConfig(teacher=teacher, student=student, method=method, hparams=hparams, **base))
+    return run_training(cfg, resume=resume, overwrite=overwrite)
+
+
+def train_teacher(arch: str = "small_cnn", method: str = "at", *, resume: bool = False, overwrite: bool = False, **options: Any) -> DistillResult:
+    """Adversarially train ``arch`` (PGD-AT ``at`` or ``trades``) into a robust teacher.
+
+    The Python twin of ``robustdistill train-teacher``; options as for :func:`distill`.
+    """
+    if get_method_class(_base_method(method)).needs_teacher or method.startswith("fair-"):
+        raise UsageError(f"train-teacher trains without a teacher; use --method at or trades, not {method}")
+    return distill(None, arch, method, resume=resume, overwrite=overwrite, **options)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML run config into a flat dict (``hparams`` may be nested or flat)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path} is not valid TOML ({exc})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def summary_line(result: DistillResult) -> str:
+    """One human line on the student vs teacher, for the terminal."""
+    student = result.student
+    if student is None:
+        return ""
+    attack = "aa" if "aa" in student.correct else ("pgd" if "pgd" in student.correct else "clean")
+    s = student.summary(attack)
+    text = f"student {attack.upper()} {s['accuracy']:.1%} (worst class {s['worst_class']['name']}: {s['worst_class']['accuracy']:.1%})"
+    if result.teacher is not None:
+        t = result.teacher.summary(attack)
+        text += f"; teacher {t['accuracy']:.1%} (worst {t['worst_class']['name']}: {t['worst_class']['accuracy']:.1%})"
+    return text
+
+
+__all__ = ["DistillConfig", "DistillResult", "distill", "train_teacher", "load_config_file", "resolve_config", "resume_config", "run_training"]
