@@ -203,6 +203,213 @@ def list_cmd(
         stdout_console.print(table)
 
 
+def _load_config_option(ctx: typer.Context, param: Any, value: Optional[Path]) -> Optional[Path]:
+    """Eager --config: the file's values become defaults, so flags given on the command line win."""
+    if value is None:
+        return value
+    from .distill import load_config_file
+
+    try:
+        data = load_config_file(value)
+    except RobustDistillError as exc:
+        _fail(str(exc))
+    nested = data.pop("hparams", None) or {}
+    data.update(nested)
+    valid = {p.name for p in ctx.command.params}
+    unknown = sorted(k for k in data if k not in valid)
+    if unknown:
+        _fail(f"unknown key(s) in {value}: {', '.join(unknown)}; use the option names of `robustdistill distill --help`")
+    ctx.default_map = {**(ctx.default_map or {}), **data}
+    return value
+
+
+# CLI option -> method hyperparameter (robustdistill.methods Params field).
+HPARAMS = {"alpha": "alpha", "temperature": "tau", "beta": "beta", "gamma": "gamma", "iad_beta": "beta_iad",
+           "iad_begin": "begin", "clip_min": "clip_min", "clip_max": "clip_max", "kappa_steps": "kappa_steps"}
+
+
+@app.command()
+@handle_errors
+def distill(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", is_eager=True, callback=_load_config_option, help="YAML or TOML file of option values; flags on the command line override it.")] = None,
+    teacher: Annotated[str, typer.Option("--teacher", "-t", help="bundled:digits, robustbench:NAME[@DATASET/THREAT], timm:NAME, or a checkpoint file.")] = "bundled:digits",
+    student: Annotated[str, typer.Option("--student", "-s", help="Student architecture (see `robustdistill list students`).")] = "tiny_cnn",
+    method: Annotated[str, typer.Option("--method", "-m", help="kd, ard, rslad, iad, kdiga, adaad, or fair-<any of them> (see `robustdistill list methods`).")] = "fair-ard",
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    image_size: ImageSizeOpt = None,
+    val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split. [default: 10%, at most 1000]")] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. [default: the teacher's, else 8/255; digits 0.2]")] = None,
+    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. [default: eps/4]")] = None,
+    attack_steps: Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")] = 10,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. [default: the paper's (200; RSLAD 300); digits 40]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Training batch size (per process).")] = 128,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (SGD).")] = 0.1,
+    momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0)] = 0.9,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0, help="[default: the method's, 2e-4; AdaAD 5e-4]")] = None,
+    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (the released Fair-ARD code uses it).")] = False,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant. [default: the method's]")] = None,
+    amp: Annotated[str, typer.Option("--amp", help="Autocast: none, bf16 or fp16.")] = "none",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order, augmentation and attacks.")] = 0,
+    select: Annotated[str, typer.Option("--select", help="Report the last epoch, or the best epoch on validation PGD (best-val).")] = "last",
+    val_pgd_steps: Annotated[int, typer.Option("--val-pgd-steps", min=1, help="PGD steps of the per-epoch validation.")] = 10,
+    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")] = "clean,pgd,cw,aa",
+    no_aa: Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")] = False,
+    eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1, help="Evaluate the first N test examples. [default: all]")] = None,
+    eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", min=1)] = 256,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. [default: runs/<time>-<method>-<student>-<dataset>]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")] = False,
+    device: DeviceOpt = "auto",
+    teacher_arch: Annotated[Optional[str], typer.Option("--teacher-arch", help="Architecture of a plain .pt teacher checkpoint.")] = None,
+    teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="Local weights for a timm:NAME teacher.")] = None,
+    model_dir: ModelDirOpt = None,
+    student_weights: Annotated[Optional[str], typer.Option("--student-weights", help="Initialise the student from these weights (e.g. a pre-trained timm model).")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of the (adversarial) distillation term.")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "--tau", help="Distillation temperature.")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="Fair-ARD: sharpness of the class reweighting (0 = the base method).")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="KDIGA: weight of input-gradient alignment.")] = None,
+    iad_beta: Annotated[Optional[float], typer.Option("--iad-beta", help="IAD: exponent of the teacher reliability.")] = None,
+    iad_begin: Annotated[Optional[float], typer.Option("--iad-begin", help="IAD: fraction of the run after which introspection starts.")] = None,
+    clip_min: Annotated[Optional[float], typer.Option("--clip-min", help="Fair-ARD: lower bound of class weights (5/6).")] = None,
+    clip_max: Annotated[Optional[float], typer.Option("--clip-max", help="Fair-ARD: upper bound of class weights (5/2).")] = None,
+    kappa_steps: Annotated[Optional[int], typer.Option("--kappa-steps", min=1, help="Fair-KD/Fair-KDIGA: PGD steps that measure class difficulty.")] = None,
+) -> None:
+    """Distil a robust teacher into a small student. With no arguments: the bundled digits job (about 2 minutes on a CPU)."""
+    from click.core import ParameterSource
+
+    from .distill import DistillConfig, resolve_config, resume_config, run_training, summary_line
+
+    values = dict(locals())
+    hparams = {key: values[opt] for opt, key in HPARAMS.items() if values[opt] is not None}
+    skip = {"ctx", "config", "resume", "overwrite", *HPARAMS}
+    fields_ = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k not in skip and k in DistillConfig.__dataclass_fields__}
+    if resume:
+        if out is None:
+            raise_usage("--resume needs --out DIR (the run to continue)")
+        explicit = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
+        given = {k: v for k, v in fields_.items() if ctx.get_parameter_source(k) in explicit}
+        cfg = resume_config(out, {**given, "hparams": hparams})
+    else:
+        cfg = resolve_config(DistillConfig(**fields_, hparams=hparams))
+    result = run_training(cfg, resume=resume, overwrite=overwrite)
+    if result.student is not None:
+        from .report import evaluation_table
+
+        stdout_console.print(evaluation_table(result.student.to_dict(), title="student (test split)"))
+        if result.teacher is not None:
+            stdout_console.print(evaluation_table(result.teacher.to_dict(), title="teacher (test split)"))
+        console.print(summary_line(result))
+        console.print(f"wrote [bold]{result.student_path}[/], [bold]{result.report_path}[/], "
+                      f"{result.out_dir / 'report.md'} and {result.out_dir / 'per_class.png'}")
+
+
+@app.command("train-teacher")
+@handle_errors
+def train_teacher(
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", is_eager=True, callback=_load_config_option, help="YAML or TOML file of option values.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="Architecture to train (see `robustdistill list students`).")] = "small_cnn",
+    method: Annotated[str, typer.Option("--method", "-m", help="at (PGD adversarial training, Madry et al.) or trades (Zhang et al.).")] = "at",
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    image_size: ImageSizeOpt = None,
+    val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split.")] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget, e.g. 8/255. [default: 8/255; digits 0.2]")] = None,
+    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. [default: eps/4]")] = None,
+    attack_steps: Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")] = 10,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. [default: 200; digits 40]")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 128,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 0.1,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0)] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant.")] = None,
+    trades_beta: Annotated[Optional[float], typer.Option("--trades-beta", help="TRADES: weight of the robustness KL term (6).")] = None,
+    amp: Annotated[str, typer.Option("--amp", help="none, bf16 or fp16.")] = "none",
+    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    select: Annotated[str, typer.Option("--select", help="last or best-val.")] = "last",
+    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")] = "clean,pgd,cw,aa",
+    no_aa: Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")] = False,
+    eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. [default: runs/<time>-<method>-<arch>-<dataset>]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Adversarially train a robust teacher (PGD-AT or TRADES) for data that has none; writes teacher.safetensors."""
+    from click.core import ParameterSource
+
+    from .distill import DistillConfig, resolve_config, resume_config, run_training
+    from .errors import UsageError
+    from .report import evaluation_table
+
+    if method not in ("at", "trades"):
+        raise UsageError(f"train-teacher trains without a teacher; use --method at or trades, not {method!r}")
+    values = dict(locals())
+    fields_ = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in DistillConfig.__dataclass_fields__}
+    fields_.update(teacher=None, student=arch)
+    hparams = {"beta": trades_beta} if trades_beta is not None else {}
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs --out DIR (the run to continue)")
+        explicit = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
+        given = {k: v for k, v in fields_.items() if k in values and ctx.get_parameter_source(k) in explicit}
+        cfg = resume_config(out, {**given, "hparams": hparams})
+    else:
+        cfg = resolve_config(DistillConfig(**fields_, hparams=hparams))
+    result = run_training(cfg, resume=resume, overwrite=overwrite)
+    if result.student is not None:
+        stdout_console.print(evaluation_table(result.student.to_dict(), title="teacher (test split)"))
+        console.print(f"wrote [bold]{result.student_path}[/], [bold]{result.report_path}[/] and {result.out_dir / 'report.md'}")
+
+
+def raise_usage(message: str) -> None:
+    from .errors import UsageError
+
+    raise UsageError(message)
+
+
+
+@app.command("fairness-report")
+@handle_errors
+def fairness_report_cmd(
+    models: Annotated[list[str], typer.Argument(help="The reference first (usually the teacher), then the students: report.json files from evaluate/distill (RUN/report.json#teacher selects a distill run's teacher), run directories, or anything `evaluate` accepts.", show_default=False)],
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    attacks: Annotated[Optional[str], typer.Option("--attacks", "-a", help="Comma-separated: clean, fgsm, pgd, cw, aa (or all). \\[default: clean,pgd, or the attacks of the first report.json]")] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. \\[default: the first report.json's, else the first model's training budget, else 8/255]")] = None,
+    n_examples: Annotated[Optional[int], typer.Option("--n-examples", "-n", min=1, help="Compare on the first N examples of the split. \\[default: the first report.json's, else all]")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for fairness.json, fairness.md and the PNG plots.")] = Path("fairness-report"),
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated display names, one per model. \\[default: file stems / model ids]")] = None,
+    batch_size: BatchOpt = 256,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the random starts and of AutoAttack. \\[default: the first report.json's, else 0]")] = None,
+    device: DeviceOpt = "auto",
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    weights: WeightsOpt = None,
+    model_dir: ModelDirOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Does each student inherit the reference's robustness evenly across classes? Tables, verdicts and plots."""
+    from .fairness import fairness_report, summary_table, verdicts, write_outputs
+
+    comparison = fairness_report(
+        models, labels=[s.strip() for s in labels.split(",")] if labels else None, dataset=dataset, data_dir=data_dir,
+        attacks=attacks, eps=eps, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
+        options=_model_options(arch, num_classes, weights, model_dir, mean, std),
+    )
+    stdout_console.print(summary_table(comparison))
+    for line in verdicts(comparison):
+        stdout_console.print(line, markup=False)
+    paths = write_outputs(comparison, out)
+    console.print(f"wrote {len(paths)} files to [bold]{out}[/]: " + ", ".join(p.name for p in paths), soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     # Fail closed: no third-party loader may unpickle arbitrary objects while robustdistill runs.

@@ -17,6 +17,7 @@ under the attack (the per-point worst case; AutoAttack does the same).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -29,7 +30,7 @@ from ._utils import forked_rng, format_fraction
 from .data import Split
 from .errors import UsageError, did_you_mean
 from .metrics import summarize
-from .progress import make_progress
+from .progress import Progress, make_progress
 
 ATTACKS = ("clean", "fgsm", "pgd", "cw", "aa")
 
@@ -174,11 +175,15 @@ def evaluate_model(
     dataset: str = "",
     model_info: dict[str, Any] | None = None,
     description: str = "evaluating",
+    progress: Progress | None = None,
+    keep_tasks: bool = True,
 ) -> EvaluationResult:
     """Attack the first ``n_examples`` of ``split`` and keep per-sample correctness for each attack.
 
     The model is put in eval mode with parameter gradients off for the duration (restored
-    afterwards); the caller's RNG state is left untouched.
+    afterwards); the caller's RNG state is left untouched. Pass ``progress`` to draw into an
+    existing rich display (only one can be live at a time); ``keep_tasks=False`` removes the
+    evaluation's bars from it when done (per-epoch validation).
     """
     device = torch.device(device)
     attacks = parse_attacks(list(attacks))
@@ -190,11 +195,14 @@ def evaluate_model(
     correct = {a: torch.zeros(len(data), dtype=torch.bool) for a in attacks}
     seconds = {a: 0.0 for a in attacks}
     try:
-        with forked_rng(device), make_progress() as progress:
+        with forked_rng(device), (contextlib.nullcontext(progress) if progress is not None else make_progress()) as progress:
             torch.manual_seed(settings.seed)
-            _run_gradient_attacks(model, data, attacks, settings, batch_size, device, correct, seconds, progress, description)
+            tasks = [_run_gradient_attacks(model, data, attacks, settings, batch_size, device, correct, seconds, progress, description)]
             if "aa" in attacks:
-                _run_autoattack(model, data, len(class_names), settings, batch_size, device, correct, seconds, progress, description)
+                tasks.append(_run_autoattack(model, data, len(class_names), settings, batch_size, device, correct, seconds, progress, description))
+            if not keep_tasks:
+                for task in tasks:
+                    progress.remove_task(task)
     finally:
         model.train(was_training)
         for p, g in zip(model.parameters(), grads):
@@ -205,7 +213,7 @@ def evaluate_model(
     return EvaluationResult(model_id, dataset, data.name, tuple(class_names), labels, correct, settings, seconds, dict(model_info or {}))
 
 
-def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, correct, seconds, progress, description) -> None:
+def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, correct, seconds, progress, description) -> int:
     plain = [a for a in attacks if a != "aa"]
     n_batches = -(-len(data) // batch_size)
     task = progress.add_task(f"{description}: {', '.join(plain)}", total=n_batches, info="")
@@ -223,9 +231,10 @@ def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, co
         done += len(idx)
         info = "  ".join(f"{a} {correct[a][:done].float().mean():.1%}" for a in plain) if done else ""
         progress.update(task, advance=1, info=info)
+    return task
 
 
-def _run_autoattack(model, data, num_classes, settings, batch_size, device, correct, seconds, progress, description) -> None:
+def _run_autoattack(model, data, num_classes, settings, batch_size, device, correct, seconds, progress, description) -> int:
     # pyautoattack is run chunk by chunk (it is per-point anyway) so progress can be shown.
     chunk = max(batch_size, 1)
     n_chunks = -(-len(data) // chunk)
@@ -239,3 +248,4 @@ def _run_autoattack(model, data, num_classes, settings, batch_size, device, corr
         seconds["aa"] += time.perf_counter() - t0
         done += len(idx)
         progress.update(task, advance=1, info=f"aa {correct['aa'][:done].float().mean():.1%}")
+    return task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
-from rich.progress import (
+from rich.progress import (  # noqa: F401 - Progress is re-exported
     BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 

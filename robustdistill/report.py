@@ -92,33 +92,96 @@ def write_evaluation(report: dict[str, Any], out_dir: str | Path) -> tuple[Path,
     return out / "report.json", out / "report.md"
 
 
-def plot_per_class(reports: Sequence[tuple[str, dict[str, Any]]], attack: str, path: str | Path, title: str | None = None) -> Path:
-    """Grouped bars: per-class accuracy under ``attack`` for each (label, report), headless PNG."""
+def figure_size(num_items: int, per_item: float = 0.35, base: float = 2.5, height: float = 4.5) -> tuple[float, float]:
+    """A figure size in inches (at dpi 100) between 8 and 20 inches wide, i.e. 800-2000 px."""
+    return min(20.0, max(8.0, base + per_item * num_items)), height
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def class_order(values: Sequence[float | None], sort: bool) -> list[int]:
+    """Class indices in display order: as given, or by ascending accuracy (absent classes last)."""
+    indices = list(range(len(values)))
+    if not sort:
+        return indices
+    return sorted(indices, key=lambda i: (values[i] is None, values[i] if values[i] is not None else 0.0, i))
+
+
+def plot_per_class(
+    reports: Sequence[tuple[str, dict[str, Any]]],
+    attack: str,
+    path: str | Path,
+    title: str | None = None,
+    *,
+    sort: bool | None = None,
+    show_ci: bool | None = None,
+) -> Path:
+    """Grouped bars: per-class accuracy under ``attack`` for each (label, report), headless PNG.
+
+    Args:
+        reports: ``(label, report)`` pairs; ``report`` needs ``data.class_names``, ``settings.attacks``
+            and ``results[attack]`` as written by :meth:`EvaluationResult.to_dict`.
+        attack: which attack's accuracies to draw.
+        path: the PNG to write (atomically).
+        title: figure title; default names the attack.
+        sort: order classes by the first report's accuracy (worst first); default for > 20 classes.
+        show_ci: draw 95 % Wilson intervals as whiskers; default for <= 20 classes and <= 4 reports.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = reports[0][1]["data"]["class_names"]
+    names = list(reports[0][1]["data"]["class_names"])
+    many = len(names) > 20
+    sort = many if sort is None else sort
+    show_ci = (not many and len(reports) <= 4) if show_ci is None else show_ci
+    order = class_order(reports[0][1]["results"][attack]["per_class"], sort)
     x = np.arange(len(names))
     width = 0.8 / max(1, len(reports))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(names) * max(1, len(reports)) ** 0.5 + 2), 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=figure_size(len(names) * max(1.0, len(reports) ** 0.5)))
     for k, (label, rep) in enumerate(reports):
-        vals = [100 * (v if v is not None else 0) for v in rep["results"][attack]["per_class"]]
-        overall = 100 * rep["results"][attack]["accuracy"]
-        ax.bar(x + (k - (len(reports) - 1) / 2) * width, vals, width, label=f"{label} (overall {overall:.1f}%)")
+        result = rep["results"][attack]
+        vals = np.array([np.nan if result["per_class"][i] is None else 100 * result["per_class"][i] for i in order])
+        offset = x + (k - (len(reports) - 1) / 2) * width
+        ax.bar(offset, vals, width, label=f"{label} (overall {100 * result['accuracy']:.1f}%)")
+        if show_ci and result.get("ci95"):
+            _draw_ci(ax, offset, vals, [result["ci95"][i] for i in order])
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=45 if len(names) > 10 else 0, ha="right" if len(names) > 10 else "center")
-    ax.set_ylabel(f"{attack_label(reports[0][1], attack)} accuracy (%)")
+    ax.set_xticklabels([names[i] for i in order], rotation=90 if many else (45 if len(names) > 10 else 0),
+                       ha="center" if many or len(names) <= 10 else "right", fontsize=6 if many else 9)
+    label = attack_label(reports[0][1], attack)
+    ax.set_ylabel(f"{label} accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title or f"Per-class {attack_label(reports[0][1], attack)} accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    suffix = f" (classes sorted by {reports[0][0]}'s accuracy)" if sort else ""
+    ax.set_title((title or f"Per-class {label} accuracy") + suffix)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
+
+
+def _draw_ci(ax: Any, x: Any, vals: Any, intervals: Sequence[Any]) -> None:
+    """Whiskers for 95 % intervals (``None`` entries are skipped)."""
+    import numpy as np
+
+    lo = np.array([np.nan if ci is None else 100 * ci[0] for ci in intervals])
+    hi = np.array([np.nan if ci is None else 100 * ci[1] for ci in intervals])
+    err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
+    ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="black", elinewidth=0.7, capsize=2, alpha=0.6)
