@@ -31,9 +31,11 @@ def parse_fraction(value: str | float | int, *, name: str = "eps") -> float:
             result = float(Fraction(text)) if "/" in text else float(text)
         except (ValueError, ZeroDivisionError):
             raise UsageError(f"{name} {text!r} is not a number; write it like 8/255 or 0.031") from None
-    if result != result or result < 0:
+    if result != result or result < 0 or result == float("inf"):
         raise UsageError(f"{name} must be a non-negative number in pixel units of [0, 1], got {value!r}")
     if result > 1:
+        if result > 255:  # no pixel budget: do not suggest e.g. 1000000000/255
+            raise UsageError(f"{name}={value} is out of range; images are in [0, 1], so write it like 8/255 or 0.031")
         shown = int(result) if float(result).is_integer() else result
         raise UsageError(
             f"{name}={value} is larger than 1 but images are in [0, 1]; did you mean {shown}/255?"

@@ -24,13 +24,18 @@ Start = Literal["uniform", "gaussian", "none"]
 
 
 # --------------------------------------------------------------------------- losses (per sample)
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in float32 under autocast (bf16/fp16 logits), float64 stays float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y, reduction="none")
+    return F.cross_entropy(full_precision(logits), y, reduction="none")
 
 
 def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, confidence: float = 50.0) -> torch.Tensor:
     """``-max(z_y - max_{j != y} z_j + confidence, 0)``: maximising it pushes the margin below -confidence."""
-    logits = logits.float()
+    logits = full_precision(logits)
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
     return -(true - others + confidence).clamp(min=0)
@@ -38,8 +43,8 @@ def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor, confidence: float = 50
 
 def kl_to_target(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """Per-sample ``KL(target || softmax(logits))`` (target first), summed over classes."""
-    log_q = F.log_softmax(logits.float(), dim=1)
-    return F.kl_div(log_q, target_probs.float(), reduction="none").sum(1)
+    log_q = F.log_softmax(full_precision(logits), dim=1)
+    return F.kl_div(log_q, full_precision(target_probs).to(log_q.dtype), reduction="none").sum(1)
 
 
 # --------------------------------------------------------------------------- PGD
@@ -112,6 +117,8 @@ def pgd(
     (requires ``y``); it reuses the attack's own forward passes.
     """
     objective = _loss_fn(loss, y, target, confidence)
+    if y is None and (restarts > 1 or count_kappa):
+        raise ValueError("PGD restarts and count_kappa need labels y (to tell which samples are fooled)")
     x = x.detach()
     best: torch.Tensor | None = None
     fooled: torch.Tensor | None = None

@@ -73,8 +73,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """Distil adversarially robust image classifiers into small students - fairly across classes."""
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or os.environ.get("ROBUSTDISTILL_DEBUG") == "1"
 
 
 def _floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
@@ -279,9 +278,7 @@ def distill(
     kappa_steps: Annotated[Optional[int], typer.Option("--kappa-steps", min=1, help="Fair-KD/Fair-KDIGA: PGD steps that measure class difficulty.")] = None,
 ) -> None:
     """Distil a robust teacher into a small student. With no arguments: the bundled digits job (about 2 minutes on a CPU)."""
-    from click.core import ParameterSource
-
-    from .distill import DistillConfig, resolve_config, resume_config, run_training, summary_line
+    from .distill import DistillConfig, resolve_config, resume_config, run_training
 
     values = dict(locals())
     hparams = {key: values[opt] for opt, key in HPARAMS.items() if values[opt] is not None}
@@ -290,8 +287,9 @@ def distill(
     if resume:
         if out is None:
             raise_usage("--resume needs --out DIR (the run to continue)")
-        explicit = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
-        given = {k: v for k, v in fields_.items() if ctx.get_parameter_source(k) in explicit}
+        # By name: typer >= 0.29 vendors click, so click.core.ParameterSource members never compare equal.
+        explicit = ("COMMANDLINE", "DEFAULT_MAP")
+        given = {k: v for k, v in fields_.items() if getattr(ctx.get_parameter_source(k), "name", None) in explicit}
         cfg = resume_config(out, {**given, "hparams": hparams})
     else:
         cfg = resolve_config(DistillConfig(**fields_, hparams=hparams))
@@ -302,9 +300,13 @@ def distill(
         stdout_console.print(evaluation_table(result.student.to_dict(), title="student (test split)"))
         if result.teacher is not None:
             stdout_console.print(evaluation_table(result.teacher.to_dict(), title="teacher (test split)"))
-        console.print(summary_line(result))
+        if result.teacher is not None:
+            from .fairness import compare, verdicts
+
+            for line in verdicts(compare([("teacher", result.teacher), ("student", result.student)])):
+                console.print(line, soft_wrap=True)
         console.print(f"wrote [bold]{result.student_path}[/], [bold]{result.report_path}[/], "
-                      f"{result.out_dir / 'report.md'} and {result.out_dir / 'per_class.png'}")
+                      f"{result.out_dir / 'report.md'}, {result.out_dir / 'per_class.png'} and {result.out_dir / 'fairness.md'}")
 
 
 @app.command("train-teacher")
@@ -341,8 +343,6 @@ def train_teacher(
     device: DeviceOpt = "auto",
 ) -> None:
     """Adversarially train a robust teacher (PGD-AT or TRADES) for data that has none; writes teacher.safetensors."""
-    from click.core import ParameterSource
-
     from .distill import DistillConfig, resolve_config, resume_config, run_training
     from .errors import UsageError
     from .report import evaluation_table
@@ -356,8 +356,10 @@ def train_teacher(
     if resume:
         if out is None:
             raise UsageError("--resume needs --out DIR (the run to continue)")
-        explicit = (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)
-        given = {k: v for k, v in fields_.items() if k in values and ctx.get_parameter_source(k) in explicit}
+        explicit = ("COMMANDLINE", "DEFAULT_MAP")  # by name (typer vendors click)
+        given = {k: v for k, v in fields_.items() if k in values and getattr(ctx.get_parameter_source(k), "name", None) in explicit}
+        if getattr(ctx.get_parameter_source("arch"), "name", None) in explicit:
+            given["student"] = arch
         cfg = resume_config(out, {**given, "hparams": hparams})
     else:
         cfg = resolve_config(DistillConfig(**fields_, hparams=hparams))

@@ -6,7 +6,8 @@
   only with ``--download``.
 * ``imagefolder``: a directory of class folders. With ``train/`` and ``test/`` (optionally
   ``val/``) sub-directories those are the splits; otherwise the folder is one pool, split
-  80/10/10 stratified (seed 0) for training, and evaluated whole by ``evaluate`` (split ``all``).
+  90/10 train/test stratified (seed 0; validation carved from the 90) for training, and evaluated
+  whole by ``evaluate`` (split ``all``).
 
 The validation split is always carved from training data (stratified, fixed seed) and is what
 model selection sees; the test split is only used for the final report.
@@ -14,6 +15,7 @@ model selection sees; the test split is only used for the final report.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,14 +207,30 @@ def augment_batch(x: torch.Tensor, padding: int, flip: bool, generator: torch.Ge
 
 # --------------------------------------------------------------------------- splitting
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int = SPLIT_SEED) -> list[np.ndarray]:
-    """Split indices per class into parts of the given fractions (last part takes the rest)."""
+    """Split indices per class into parts of the given fractions, with exact part sizes.
+
+    Every part after the first holds ``ceil(f * N)`` samples (scikit-learn's convention for a
+    held-out part) and the first takes the rest. Each part's size is shared over the classes by
+    largest remainder, so the totals are exact (rounding class by class would drift) and the
+    classes stay as balanced as the counts allow.
+    """
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    alloc = np.zeros((len(fractions), len(classes)), dtype=np.int64)
+    for j, f in enumerate(fractions[1:], start=1):
+        quota = f * counts
+        base = np.floor(quota + 1e-9).astype(np.int64)
+        extra = math.ceil(f * len(labels) - 1e-6) - int(base.sum())
+        order = np.argsort(-(quota - base), kind="stable")  # largest remainder first; ties -> lowest class
+        base[order[: max(0, extra)]] += 1
+        alloc[j] = np.minimum(base, counts - alloc[1:j].sum(0))
+    alloc[0] = counts - alloc[1:].sum(0)
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[] for _ in fractions]
-    for c in np.unique(labels):
+    for k, c in enumerate(classes):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        bounds = np.cumsum([round(f * len(idx)) for f in fractions[:-1]])
-        for part, chunk in zip(parts, np.split(idx, bounds)):
+        for part, chunk in zip(parts, np.split(idx, np.cumsum(alloc[:-1, k]))):
             part.extend(chunk.tolist())
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
@@ -343,7 +361,8 @@ def _imagefolder(root: Path, image_size: int | None, val_size: int | None) -> Da
         tr, te = stratified_split(np.asarray(labels), [0.9, 0.1])
         train, val = _carve_val(everything.subset(torch.from_numpy(tr)), val_size)
         test = _renamed(everything.subset(torch.from_numpy(te)), "test")
-        notes.append("no train/test sub-folders: training uses a fixed stratified 80/10/10 split of the folder")
+        notes.append("no train/test sub-folders: training uses a fixed stratified 90/10 train/test split of the folder "
+                     "(validation carved from the 90)")
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
     info = DatasetInfo(
         "imagefolder", len(classes), (channels, size, size), tuple(classes), mean, std,

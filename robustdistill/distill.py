@@ -23,7 +23,7 @@ from .methods import AttackSettings, build_strategy, get_method_class, method_de
 from .models import Classifier, build_student, freeze, save_classifier
 from .progress import console, is_main_process
 from .report import evaluation_markdown, plot_per_class
-from .train import RunDir, TrainConfig, Trainer
+from .train import RunDir, TrainConfig, Trainer, barrier, destroy_distributed, init_distributed
 
 DIGITS_EPS = "0.2"
 
@@ -169,25 +169,55 @@ def _prepare(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> _Prepared:
     train_cfg = _train_config(cfg)
     train_cfg.validate()
     parse_attacks(cfg.eval_attacks)
+    device = _rank_device(select_device(cfg.device))
+    init_distributed(device)
+    run.check(resume=resume, overwrite=overwrite)  # every rank, before rank 0 writes anything
     splits = load_dataset(cfg.dataset or "", cfg.data_dir, download=cfg.download, image_size=cfg.image_size, val_size=cfg.val_size)
-    teacher = None
-    if cfg.teacher:
-        options = ModelOptions(arch=cfg.teacher_arch, weights=cfg.teacher_weights, model_dir=cfg.model_dir)
-        teacher = freeze(open_model(cfg.teacher, splits, options, role="teacher"))
-    elif _needs_teacher(cfg.method):
-        raise UsageError(f"method {cfg.method} distils from a teacher; pass --teacher")
-    student = build_student(cfg.student, splits.info.hint(), weights=cfg.student_weights)
+    teacher = _load_teacher(cfg, splits)
+    student = _build_student(cfg, splits)
     attack = AttackSettings(eps=parse_fraction(cfg.eps or "8/255"), step_size=parse_fraction(cfg.attack_step or "2/255"), steps=cfg.attack_steps)
     strategy = build_strategy(cfg.method, cfg.hparams, attack=attack, num_classes=splits.info.num_classes)
-    device = select_device(cfg.device)
-    run.prepare(resume=resume, overwrite=overwrite)
+    _claim(run, resume=resume, overwrite=overwrite)
     trainer = Trainer(
         student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=train_cfg,
         device=device, run_dir=run, eval_settings=EvalSettings(eps=attack.eps), run_config=cfg.to_dict(),
     )
-    if resume:
+    if resume and (run / "checkpoint.pt").exists():  # a run killed in its first epoch has only config.yaml
         trainer.load_checkpoint(run / "checkpoint.pt")
     return _Prepared(cfg, splits, teacher, student, trainer, run, device)
+
+
+def _rank_device(device: torch.device) -> torch.device:
+    """Under torchrun, a bare ``cuda`` means this process's GPU (LOCAL_RANK), not GPU 0 for every rank."""
+    import os
+
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _load_teacher(cfg: DistillConfig, splits: DatasetSplits) -> Classifier | None:
+    if cfg.teacher:
+        options = ModelOptions(arch=cfg.teacher_arch, weights=cfg.teacher_weights, model_dir=cfg.model_dir)
+        return freeze(open_model(cfg.teacher, splits, options, role="teacher"))
+    if _needs_teacher(cfg.method):
+        raise UsageError(f"method {cfg.method} distils from a teacher; pass --teacher")
+    return None
+
+
+def _build_student(cfg: DistillConfig, splits: DatasetSplits) -> Classifier:
+    """The student's initial weights depend on the seed only (same run, same start; identical on every rank)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_student(cfg.student, splits.info.hint(), weights=cfg.student_weights)
+
+
+def _claim(run: RunDir, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0 alone creates / cleans the run directory; the other ranks wait (they checked it already)."""
+    barrier()
+    if is_main_process():
+        run.claim(overwrite=overwrite and not resume)
+    barrier()
 
 
 def _needs_teacher(method: str) -> bool:
@@ -204,8 +234,8 @@ def resume_config(out: str | Path, given: dict[str, Any]) -> DistillConfig:
     import yaml
 
     path = Path(out) / "config.yaml"
-    if not path.exists() or not (Path(out) / "checkpoint.pt").exists():
-        raise RunDirError(f"nothing to resume in {out} (no config.yaml/checkpoint.pt); start the run without --resume")
+    if not path.exists():
+        raise RunDirError(f"nothing to resume in {out} (no config.yaml); start the run without --resume")
     saved = yaml.safe_load(path.read_text())
     given = dict(given)
     saved_h = saved.get("hparams") or {}
@@ -254,7 +284,16 @@ def run_training(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = 
     """Train a student (distillation, or teacher-free adversarial training) and report on it.
 
     Teacher-free runs (``train-teacher``) write ``teacher.safetensors`` instead of ``student.safetensors``.
+    Under ``torchrun`` every rank trains; only rank 0 writes the model and evaluates it (the
+    others return right after training with ``student=None``); each leaves the process group.
     """
+    try:
+        return _run(cfg, resume=resume, overwrite=overwrite)
+    finally:
+        destroy_distributed()
+
+
+def _run(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> DistillResult:
     prep = _prepare(cfg, resume=resume, overwrite=overwrite)
     cfg = prep.cfg
     _write_config(prep)
@@ -279,34 +318,48 @@ def run_training(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = 
 def write_run_report(prep: _Prepared, student: EvaluationResult, teacher: EvaluationResult | None, history: list[dict[str, Any]]) -> None:
     """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher)."""
     cfg = prep.cfg
+    selected = prep.trainer.selected_epoch
     report: dict[str, Any] = {
         "schema": "robustdistill/distill@1",
-        "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.select,
-                "final_validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}},
+        "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.select, "selected_epoch": selected,
+                "selected_validation": _validation(history, selected), "final_validation": _validation(history, len(history))},
         "student": student.to_dict(),
         "teacher": teacher.to_dict() if teacher is not None else None,
     }
     headline = "aa" if "aa" in student.correct else ("pgd" if "pgd" in student.correct else "clean")
     md = [f"# Distillation report: {cfg.method}", "",
           f"Teacher `{cfg.teacher}` → student `{cfg.student}` on {cfg.dataset}, L∞ eps {cfg.eps}, "
-          f"{len(history)} epochs, seed {cfg.seed}. Model selection: {cfg.select} epoch "
+          f"{len(history)} epochs, seed {cfg.seed}. Model selection: {_selection_text(cfg.select, selected, history)} "
           "(validation split carved from the training data; the test split is used only here).", ""]
     md.append(evaluation_markdown(report["student"], heading="Student"))
     pairs = [("student", report["student"])]
     if teacher is not None:
         md.append(evaluation_markdown(report["teacher"], heading="Teacher"))
         pairs.insert(0, ("teacher", report["teacher"]))
-        try:
-            from .fairness import compare, write_outputs
+        from .fairness import compare, verdicts, write_outputs
 
-            comparison = compare([("teacher", teacher), ("student", student)])
-            report["fairness"] = comparison
-            write_outputs(comparison, prep.run.path)
-        except ImportError:  # pragma: no cover - fairness module not present
-            pass
+        comparison = compare([("teacher", teacher), ("student", student)])
+        report["fairness"] = comparison
+        write_outputs(comparison, prep.run.path)
+        md += ["## Robust fairness: student vs teacher", "", *verdicts(comparison), "",
+               "Class-by-class tables and plots: [fairness.md](fairness.md).", ""]
     atomic_write_json(prep.run / "report.json", report)
     atomic_write_text(prep.run / "report.md", "\n".join(md))
     plot_per_class(pairs, headline, prep.run / "per_class.png", title=f"Per-class accuracy under {headline.upper()}: teacher vs student")
+
+
+def _validation(history: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """The validation numbers logged for ``epoch`` (1-based; empty if it was not validated)."""
+    record = next((r for r in history if r.get("epoch") == epoch), {})
+    return {k: v for k, v in record.items() if k.startswith("val_")}
+
+
+def _selection_text(select: str, epoch: int, history: list[dict[str, Any]]) -> str:
+    if select != "best-val":
+        return f"last epoch ({epoch})"
+    val = _validation(history, epoch).get("val_pgd")
+    shown = f", validation PGD accuracy {val:.1%}" if isinstance(val, float) else ""
+    return f"best-val: epoch {epoch} of {len(history)}, the best on validation PGD accuracy{shown}"
 
 
 def distill(
@@ -328,27 +381,51 @@ def distill(
         >>> result = robustdistill.distill("bundled:digits", "tiny_cnn", "fair-ard", epochs=5, out="runs/demo")
         >>> result.student.summary("pgd")["worst_class"]
     """
-    known = {f.name for f in fields(DistillConfig)}
-    hparams = dict(options.pop("hparams", {}) or {})
-    hparams.update({k: v for k, v in options.items() if k not in known})
-    base = {k: v for k, v in options.items() if k in known}
+    hparams, base = _split_options(options)
     if resume:
-        if not base.get("out"):
-            raise UsageError("resume needs out=... (the run directory to continue)")
-        cfg = resume_config(base["out"], {k: v for k, v in base.items() if k != "out"})
-    else:
-        cfg = resolve_config(DistillConfig(teacher=teacher, student=student, method=method, hparams=hparams, **base))
-    return run_training(cfg, resume=resume, overwrite=overwrite)
+        named = {"teacher": teacher, "student": student, "method": method}
+        return _resume(_non_default(named), base, hparams, overwrite)
+    cfg = resolve_config(DistillConfig(teacher=teacher, student=student, method=method, hparams=hparams, **base))
+    return run_training(cfg, overwrite=overwrite)
 
 
-def train_teacher(arch: str = "small_cnn", method: str = "at", *, resume: bool = False, overwrite: bool = False, **options: Any) -> DistillResult:
-    """Adversarially train ``arch`` (PGD-AT ``at`` or ``trades``) into a robust teacher.
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(method hyperparameters, DistillConfig fields)`` from the keyword options of :func:`distill`."""
+    known = {f.name for f in fields(DistillConfig)}
+    hparams = dict(options.get("hparams") or {})
+    hparams.update({k: v for k, v in options.items() if k not in known})
+    return hparams, {k: v for k, v in options.items() if k in known and k != "hparams"}
 
-    The Python twin of ``robustdistill train-teacher``; options as for :func:`distill`.
+
+def _non_default(named: dict[str, Any]) -> dict[str, Any]:
+    """The positional arguments of :func:`distill` a caller changed (so a resume can check them)."""
+    defaults = {"teacher": "bundled:digits", "student": "tiny_cnn", "method": "fair-ard"}
+    return {k: v for k, v in named.items() if v != defaults[k]}
+
+
+def _resume(named: dict[str, Any], base: dict[str, Any], hparams: dict[str, Any], overwrite: bool) -> DistillResult:
+    if not base.get("out"):
+        raise UsageError("resume needs out=... (the run directory to continue)")
+    given = {**named, **{k: v for k, v in base.items() if k != "out"}, "hparams": hparams}
+    return run_training(resume_config(base["out"], given), resume=True, overwrite=overwrite)
+
+
+def train_teacher(
+    arch: str | None = None, method: str | None = None, *, resume: bool = False, overwrite: bool = False, **options: Any,
+) -> DistillResult:
+    """Adversarially train ``arch`` (default ``small_cnn``) with PGD-AT ``at`` (default) or ``trades``
+    into a robust teacher.
+
+    The Python twin of ``robustdistill train-teacher``; options as for :func:`distill`. On resume,
+    ``arch`` and ``method`` are checked against the saved run only when given.
     """
-    if get_method_class(_base_method(method)).needs_teacher or method.startswith("fair-"):
+    if method is not None and (get_method_class(_base_method(method)).needs_teacher or method.startswith("fair-")):
         raise UsageError(f"train-teacher trains without a teacher; use --method at or trades, not {method}")
-    return distill(None, arch, method, resume=resume, overwrite=overwrite, **options)
+    if resume:
+        named = {"teacher": None, **({"student": arch} if arch else {}), **({"method": method} if method else {})}
+        hparams, base = _split_options(options)
+        return _resume(named, base, hparams, overwrite)
+    return distill(None, arch or "small_cnn", method or "at", overwrite=overwrite, **options)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -374,20 +451,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path} must hold a mapping of option names to values")
     return {k.replace("-", "_"): v for k, v in data.items()}
-
-
-def summary_line(result: DistillResult) -> str:
-    """One human line on the student vs teacher, for the terminal."""
-    student = result.student
-    if student is None:
-        return ""
-    attack = "aa" if "aa" in student.correct else ("pgd" if "pgd" in student.correct else "clean")
-    s = student.summary(attack)
-    text = f"student {attack.upper()} {s['accuracy']:.1%} (worst class {s['worst_class']['name']}: {s['worst_class']['accuracy']:.1%})"
-    if result.teacher is not None:
-        t = result.teacher.summary(attack)
-        text += f"; teacher {t['accuracy']:.1%} (worst {t['worst_class']['name']}: {t['worst_class']['accuracy']:.1%})"
-    return text
 
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "train_teacher", "load_config_file", "resolve_config", "resume_config", "run_training"]

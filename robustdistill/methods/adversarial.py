@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import ce_loss, pgd
+from ..attacks import ce_loss, pgd, full_precision
 from .base import AttackOutput, Strategy, register_method, require, soft_kl, weighted_mean
 
 
@@ -95,7 +95,7 @@ class TRADES(Strategy):
 
     def perturb(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         with torch.no_grad():
-            target = F.softmax(student(x).float(), dim=1)
+            target = F.softmax(full_precision(student(x)), dim=1)
         res = pgd(
             student, x, y, eps=self.attack.eps, step_size=self.attack.step_size, steps=self.attack.steps,
             loss="kl", target=target, start="gaussian", start_scale=0.001, clip_start=False, count_kappa=True,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks import full_precision
 from ..errors import UsageError, did_you_mean
 
 
@@ -119,19 +120,19 @@ def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Te
 def soft_kl(
     target_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0, *, log_offset: float | None = None,
 ) -> torch.Tensor:
-    """Per-sample ``KL(p^tau(target) || p^tau(student))`` summed over classes, in float32.
+    """Per-sample ``KL(p^tau(target) || p^tau(student))`` summed over classes, in float32 (or float64).
 
     Divide by C for the "mean-KL" convention (PyTorch's default KL reduction, ARD/RSLAD/AdaAD) or
     keep as is for "batch-KL" (IAD, TRADES). ``log_offset`` writes the target log as
     ``log(p + log_offset)`` (RSLAD's ``1e-5``); otherwise ``log_softmax`` is used. Gradients flow
     into both arguments; detach the target where the method treats it as a constant.
     """
-    log_q = F.log_softmax(student_logits.float() / tau, dim=1)
+    log_q = F.log_softmax(full_precision(student_logits) / tau, dim=1)
     if log_offset is None:
-        log_p = F.log_softmax(target_logits.float() / tau, dim=1)
+        log_p = F.log_softmax(full_precision(target_logits) / tau, dim=1)
         p = log_p.exp()
     else:
-        p = F.softmax(target_logits.float() / tau, dim=1)
+        p = F.softmax(full_precision(target_logits) / tau, dim=1)
         log_p = torch.log(p + log_offset)
     return (p * (log_p - log_q)).sum(1)
 

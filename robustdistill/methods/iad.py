@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import ce_loss
+from ..attacks import ce_loss, full_precision
 from .ard import student_ce_attack
 from .base import AttackOutput, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
 
@@ -91,7 +91,7 @@ class IAD(Strategy):
         stats = {"kl_adv": kl.detach(), "ce": ce.detach()}
         if self.introspection_active:
             t_adv = frozen_logits(teacher, adv.x_adv)
-            reliability = F.softmax(t_adv.float(), dim=1).gather(1, y[:, None]).squeeze(1).pow(p.beta_iad)
+            reliability = F.softmax(full_precision(t_adv), dim=1).gather(1, y[:, None]).squeeze(1).pow(p.beta_iad)
             introspect = weighted_mean((1.0 - reliability) * soft_kl(s_clean, s_adv), sample_weight)
             loss = loss + p.alpha * introspect
             stats.update(introspect=introspect.detach(), reliability=reliability.mean())

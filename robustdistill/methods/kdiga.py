@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..attacks import ce_loss
+from ..attacks import ce_loss, full_precision
 from .base import AttackOutput, Strategy, register_method, require, soft_kl, weighted_mean
 
 
@@ -91,6 +91,6 @@ class KDIGA(Strategy):
         batch = x.shape[0]
         kl = weighted_mean(soft_kl(t_logits.detach(), s_logits, p.tau) / s_logits.shape[1], sample_weight)
         ce = weighted_mean(s_ce, sample_weight)
-        gap = torch.linalg.vector_norm((g_s - g_t.detach()).float()) / batch
+        gap = torch.linalg.vector_norm(full_precision(g_s - g_t.detach())) / batch
         loss = p.alpha * p.tau**2 * kl + (1.0 - p.alpha) * ce + p.gamma * gap
         return loss, {"kl": kl.detach(), "ce": ce.detach(), "grad_gap": gap.detach()}

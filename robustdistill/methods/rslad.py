@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks import pgd
+from ..attacks import pgd, full_precision
 from .base import AttackOutput, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
 
 #: RSLAD's element-wise KL is ``p * (log(p + 1e-5) - log q)`` (a 1e-5 inside the teacher log).
@@ -62,7 +62,7 @@ class RSLAD(Strategy):
 
     def perturb(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         t_clean = frozen_logits(teacher, x)
-        target = F.softmax(t_clean.float(), dim=1)
+        target = F.softmax(full_precision(t_clean), dim=1)
         res = pgd(
             student, x, y, eps=self.attack.eps, step_size=self.attack.step_size, steps=self.attack.steps,
             loss="kl", target=target, start="gaussian", start_scale=0.001, clip_start=False, count_kappa=True,

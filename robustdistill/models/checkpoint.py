@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,19 +77,35 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
-            unsafe = _unsafe_globals(path)
-            listed = f" (it pickles {', '.join(unsafe[:4])})" if unsafe else ""
+        detail = _unpickler_detail(exc)
+        named = _unsafe_globals(path) or re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        if named:
+            listed = f" (it pickles {', '.join(dict.fromkeys(named[:4]))})"
             raise CheckpointError(
                 f"{str(path)!r} holds Python objects beyond tensors{listed}, and robustdistill never unpickles code; "
                 "re-save only its state_dict (torch.save(model.state_dict(), f)) or convert it to .safetensors"
             ) from None
-        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+        # Any other refusal of the weights-only unpickler is a malformed pickle, i.e. a corrupt file.
+        raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint ({detail}); it may be corrupt") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         message = str(exc)
         if "central directory" in message or "EOF" in message or isinstance(exc, EOFError):
             raise CheckpointError(f"{str(path)!r} is truncated (incomplete download or copy); fetch it again") from None
         raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - random bytes make the legacy unpickler raise anything (IndexError, ...)
+        raise CheckpointError(
+            f"{str(path)!r} is not a PyTorch checkpoint ({type(exc).__name__}: {_first_line(exc)}); it may be corrupt"
+        ) from None
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The informative line of a weights-only refusal (torch wraps it in a long generic preamble)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        if rest and rest[0].strip():
+            return rest[0].strip()[:200]
+    return _first_line(exc)
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -162,9 +179,18 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     mismatched = [(k, tuple(best[k].shape), tuple(v.shape)) for k, v in expected.items() if k in best and best[k].shape != v.shape]
     if mismatched:
         key, got, want = mismatched[0]
-        hint = ""
-        if len(got) >= 1 and len(want) >= 1 and got[1:] == want[1:] and got[0] != want[0] and key.endswith(("weight", "bias")):
-            hint = f" - the checkpoint has {got[0]} outputs where the model has {want[0]}: a class-count mismatch?"
+        hint = " - is --arch right?"
+        # Only the classifier head (the last 2-D weight and its bias) says anything about the class count.
+        head = [k for k, v in expected.items() if v.ndim == 2 and k.endswith("weight")][-1:]
+        head_keys = {*head, *(k[: -len("weight")] + "bias" for k in head)}
+        if key in head_keys and len(got) >= 1 and got[1:] == want[1:] and got[0] != want[0]:
+            hint = (f" - the checkpoint has {got[0]} classes where the model has {want[0]}: a class-count mismatch "
+                    f"(use --num-classes {got[0]} or a model trained for this dataset)")
+        # The stem (first 4-D weight) says how many image channels the weights take.
+        stem = next((k for k, v in expected.items() if v.ndim == 4), None)
+        if key == stem and len(got) == 4 and got[0] == want[0] and got[2:] == want[2:] and got[1] != want[1]:
+            hint = (f" - the checkpoint takes {got[1]}-channel images but the model was built for {want[1]}-channel "
+                    "data: a channel mismatch (use data with matching channels)")
         raise ModelError(
             f"weights in {source} do not fit the architecture: {key} is {list(got)} in the file but {list(want)} in the model{hint}"
         )

@@ -90,7 +90,8 @@ def _zoo_entry(name: str, dataset: str, threat: str) -> dict:
     del rb
     zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
     if name not in zoo:
-        raise ModelError(did_you_mean(name, sorted(zoo), f"RobustBench {dataset}/{threat} model")[:600])
+        # The whole list (not cut mid-name): one long line beats a truncated one.
+        raise ModelError(did_you_mean(name, sorted(zoo), f"RobustBench {dataset}/{threat} model"))
     return zoo[name]
 
 
@@ -153,7 +154,7 @@ def load_robustbench(identifier: str, model_dir: str | Path | None = None) -> Cl
         std=None,
         source=f"robustbench:{name}@{dataset}/{threat}",
     )
-    return Classifier(net.eval(), spec)
+    return Classifier(net, spec).eval()
 
 
 def list_robustbench(dataset: str = "cifar10", threat: str = "Linf") -> list[str]:

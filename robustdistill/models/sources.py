@@ -14,10 +14,12 @@ identifier                                 what it loads
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -112,7 +114,7 @@ def load_model(
     """
     ref = parse_model_id(identifier)
     if ref.kind == "bundled":
-        return load_classifier(bundled_path(ref.name))
+        return load_classifier(bundled_path(ref.name)).eval()
     if ref.kind == "robustbench":
         from .robustbench_source import load_robustbench
 
@@ -133,6 +135,7 @@ def load_model(
         )
     if hint is not None and model.spec.class_names is None and hint.class_names and len(hint.class_names) == model.num_classes:
         model.spec = model.spec.with_(class_names=hint.class_names)
+    model.eval()  # trained models are loaded for inference (BatchNorm statistics frozen)
     return model
 
 
@@ -179,14 +182,7 @@ def _load_timm(name: str, num_classes: int | None, weights: str | Path | None, h
         build_arch(f"timm:{name}", 1)  # raises the helpful error
     in_chans = hint.input_size[0] if hint else 3
     if weights is None:
-        try:
-            with weights_only_loads():
-                net = timm.create_model(name, pretrained=True, in_chans=in_chans)
-        except Exception as exc:  # noqa: BLE001 - network / hub errors of every kind
-            raise CheckpointError(
-                f"timm could not fetch pretrained weights for {name!r} ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
-                "pass --weights FILE with local weights"
-            ) from None
+        net = _timm_pretrained(name, in_chans)
         classes = int(getattr(net, "num_classes", 0) or num_classes or 0)
     else:
         classes = num_classes or (hint.num_classes if hint else None)
@@ -205,6 +201,75 @@ def _load_timm(name: str, num_classes: int | None, weights: str | Path | None, h
         source=f"timm:{name}" + (f" + {Path(weights).resolve()}" if weights else " (timm pretrained)"),
     )
     return Classifier(net, spec)
+
+
+def _timm_pretrained(name: str, in_chans: int) -> torch.nn.Module:
+    """timm's pretrained weights: from the local cache, else downloaded - failing fast when offline.
+
+    huggingface_hub retries an unreachable host for ~45 s before giving up, so the cache is tried
+    first with the hub in offline mode, and the download only when the host resolves.
+    """
+    import timm
+
+    from .robustbench_source import weights_only_loads
+
+    def create() -> torch.nn.Module:
+        with weights_only_loads():
+            return timm.create_model(name, pretrained=True, in_chans=in_chans)
+
+    def fail(exc: BaseException) -> CheckpointError:
+        text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        return CheckpointError(
+            f"timm could not fetch pretrained weights for {name!r} ({text}); pass --weights FILE with local weights"
+        )
+
+    try:
+        with _hf_offline():
+            return create()
+    except Exception as exc:  # noqa: BLE001 - not in the local cache (or not a hub model)
+        cached_error = exc
+    if _hf_offline_mode() or not _host_reachable("huggingface.co"):
+        raise fail(cached_error) from None
+    try:
+        return create()
+    except Exception as exc:  # noqa: BLE001 - network / hub errors of every kind
+        raise fail(exc) from None
+
+
+def _hf_offline_mode() -> bool:
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:
+        return False
+    return bool(getattr(hf_constants, "HF_HUB_OFFLINE", False))
+
+
+@contextlib.contextmanager
+def _hf_offline() -> Iterator[None]:
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:
+        yield
+        return
+    old = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old
+
+
+def _host_reachable(host: str) -> bool:
+    """True if ``host`` resolves (or a proxy is configured, which may resolve it for us)."""
+    import socket
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def build_student(arch: str, hint: DataHint, *, weights: str | Path | None = None) -> Classifier:
@@ -236,7 +301,8 @@ def check_fits(model: Classifier, hint: DataHint, role: str = "model") -> None:
         )
     if spec.input_size[0] != hint.input_size[0]:
         raise ModelError(
-            f"the {role} takes {spec.input_size[0]}-channel images but the data has {hint.input_size[0]} channels"
+            f"the {role} takes {spec.input_size[0]}-channel images but the data has {hint.input_size[0]} "
+            f"channel{'s' if hint.input_size[0] != 1 else ''}"
         )
     if tuple(spec.input_size[1:]) != tuple(hint.input_size[1:]):
         h, w = spec.input_size[1:]

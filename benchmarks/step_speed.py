@@ -1,0 +1,105 @@
+"""Training-step throughput of the real Trainer for speed options (fp32, channels_last, bf16 autocast).
+
+Runs ``Trainer.train_epoch`` (attack + loss + SGD step, exactly the production path) on random
+CIFAR-shaped data for each option combination and reports images/second. The machine's load is
+recorded with every measurement; a measurement taken while the load exceeds the core count is
+flagged as contended (numbers then mean little).
+
+    python benchmarks/step_speed.py --student resnet18 --teacher wrn-34-10 --method rslad --batch-size 32 --steps 4
+    python benchmarks/step_speed.py --student tiny_cnn --teacher small_cnn --dataset-shape 1,8,8 --batch-size 128 --steps 20
+
+Results are appended to benchmarks/results/step_speed.jsonl and summarised in step_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from robustdistill.data import DatasetInfo, TensorSplit
+from robustdistill.methods import AttackSettings, build_strategy
+from robustdistill.models import Classifier, ModelSpec, build_arch, freeze
+from robustdistill.progress import make_progress
+from robustdistill.train import TrainConfig, Trainer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def model(arch: str, shape: tuple[int, int, int], classes: int) -> Classifier:
+    spec = ModelSpec(arch=arch, num_classes=classes, input_size=shape, mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
+    return Classifier(build_arch(arch, classes, shape[0]), spec)
+
+
+def measure(args: argparse.Namespace, amp: str, channels_last: bool) -> dict:
+    shape = tuple(int(v) for v in args.dataset_shape.split(","))
+    n = args.batch_size * (args.steps + args.warmup + 1)
+    torch.manual_seed(0)
+    split = TensorSplit("train", torch.rand(n, *shape), torch.randint(0, 10, (n,)))
+    info = DatasetInfo("random", 10, shape, tuple(map(str, range(10))), (0.5,) * shape[0], (0.25,) * shape[0], 0, False)
+    student = model(args.student, shape, 10)
+    teacher = freeze(model(args.teacher, shape, 10)) if args.teacher != "none" else None
+    strategy = build_strategy(args.method, {}, attack=AttackSettings(8 / 255, 2 / 255, args.attack_steps), num_classes=10)
+    cfg = TrainConfig(epochs=1, batch_size=args.batch_size, amp=amp, channels_last=channels_last, schedule="constant")
+    trainer = Trainer(student, teacher, strategy, train=split, val=split, info=info, config=cfg, device=torch.device(args.device))
+    timings = []
+    original = trainer.strategy.loss
+
+    def timed_loss(*a, **k):  # marks the same point of every step
+        timings.append(time.perf_counter())
+        return original(*a, **k)
+
+    trainer.strategy.loss = timed_loss  # type: ignore[method-assign]
+    load_before = os.getloadavg()[0]
+    with make_progress() as progress:
+        trainer.train_epoch(0, progress)
+    # Consecutive loss calls are one full step apart (loss, backward, SGD, next attack).
+    steps = [b - a for a, b in zip(timings, timings[1:])][args.warmup:]
+    seconds = sum(steps)
+    return {
+        "student": args.student, "teacher": args.teacher, "method": args.method, "batch_size": args.batch_size,
+        "attack_steps": args.attack_steps, "amp": amp, "channels_last": channels_last, "timed_steps": len(steps),
+        "images_per_second": round(args.batch_size * len(steps) / seconds, 2), "threads": torch.get_num_threads(),
+        "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+        "contended": max(load_before, os.getloadavg()[0]) > (os.cpu_count() or 1) + 0.5,
+        "device": args.device, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="resnet18")
+    parser.add_argument("--teacher", default="wrn-34-10")
+    parser.add_argument("--method", default="rslad")
+    parser.add_argument("--dataset-shape", default="3,32,32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--attack-steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--options", default="fp32,channels_last,bf16,bf16+channels_last")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for option in args.options.split(","):
+        amp = "bf16" if "bf16" in option else "none"
+        row = measure(args, amp, "channels_last" in option)
+        row["option"] = option
+        rows.append(row)
+        print(json.dumps(row))
+        with open(RESULTS / "step_speed.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    base = rows[0]["images_per_second"]
+    print(f"\n| option | img/s | speed-up | contended |\n|---|---:|---:|---|")
+    for row in rows:
+        print(f"| {row['option']} | {row['images_per_second']} | {row['images_per_second'] / base:.2f}x | {row['contended']} |")
+
+
+if __name__ == "__main__":
+    main()
