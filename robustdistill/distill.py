@@ -159,6 +159,7 @@ class _Prepared:
     trainer: Trainer
     run: RunDir
     device: torch.device
+    teacher_meta: dict[str, str]
 
 
 def _prepare(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> _Prepared:
@@ -174,17 +175,28 @@ def _prepare(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> _Prepared:
     run.check(resume=resume, overwrite=overwrite)  # every rank, before rank 0 writes anything
     splits = load_dataset(cfg.dataset or "", cfg.data_dir, download=cfg.download, image_size=cfg.image_size, val_size=cfg.val_size)
     teacher = _load_teacher(cfg, splits)
+    teacher_meta = _teacher_meta(cfg)
     student = _build_student(cfg, splits)
     attack = AttackSettings(eps=parse_fraction(cfg.eps or "8/255"), step_size=parse_fraction(cfg.attack_step or "2/255"), steps=cfg.attack_steps)
     strategy = build_strategy(cfg.method, cfg.hparams, attack=attack, num_classes=splits.info.num_classes)
     _claim(run, resume=resume, overwrite=overwrite)
     trainer = Trainer(
         student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=train_cfg,
-        device=device, run_dir=run, eval_settings=EvalSettings(eps=attack.eps), run_config=cfg.to_dict(),
+        device=device, run_dir=run, eval_settings=EvalSettings(eps=attack.eps),
+        run_config={**cfg.to_dict(), "teacher_sha256": teacher_meta.get("teacher_sha256")},
     )
     if resume and (run / "checkpoint.pt").exists():  # a run killed in its first epoch has only config.yaml
         trainer.load_checkpoint(run / "checkpoint.pt")
-    return _Prepared(cfg, splits, teacher, student, trainer, run, device)
+        _check_same_teacher(trainer.resumed_config, teacher_meta, run)
+    return _Prepared(cfg, splits, teacher, student, trainer, run, device, teacher_meta)
+
+
+def _check_same_teacher(saved: dict[str, Any], teacher_meta: dict[str, str], run: RunDir) -> None:
+    """A resumed run must distil from the very teacher file it started with."""
+    before, now = saved.get("teacher_sha256"), teacher_meta.get("teacher_sha256")
+    if before and now and before != now:
+        raise RunDirError(f"the teacher file changed since the run in {run.path} started (sha256 {before[:12]}... is now "
+                          f"{now[:12]}...); resume with the original teacher or start a new --out")
 
 
 def _rank_device(device: torch.device) -> torch.device:
@@ -305,7 +317,7 @@ def _run(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> DistillResult:
     report_path = prep.run / "report.json"
     if not is_main_process():
         return DistillResult(prep.run.path, student_path, report_path, None, None, history, cfg.to_dict())
-    extra = {"dataset": str(cfg.dataset), "method": cfg.method, "eps": str(cfg.eps), **_teacher_meta(cfg)}
+    extra = {"dataset": str(cfg.dataset), "method": cfg.method, "eps": str(cfg.eps), **prep.teacher_meta}
     save_classifier(prep.student, student_path, config=cfg.to_dict(), extra=extra)
     student_eval = _evaluate_final(prep, prep.student, str(student_path), describe_model(str(student_path), prep.student), "student")
     teacher_eval = None

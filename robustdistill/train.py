@@ -306,6 +306,7 @@ class Trainer:
         self.start_epoch = 0
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self.resumed_config: dict[str, Any] = {}  # the run config stored in the checkpoint we resumed from
         self._shard: list[int] = []
 
     # -- autocast ----------------------------------------------------------------------------
@@ -349,6 +350,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.best = dict(state.get("best") or {})
         self.history = list(state.get("history") or [])
+        self.resumed_config = dict(state.get("config") or {})
 
     @staticmethod
     def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -421,13 +423,13 @@ class Trainer:
         self.strategy.on_epoch_start(epoch, self.cfg.epochs)
         steps = self._steps_per_epoch()
         task = progress.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=steps, info="")
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, images, skipped steps
-        consecutive, t0, lr = 0, time.perf_counter(), self.cfg.lr
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, images
+        skipped, consecutive, t0, lr = 0, 0, time.perf_counter(), self.cfg.lr
         for step, (x, y) in enumerate(self._batches(epoch)):
             lr = self._set_lr(epoch, step, steps)
             loss = self._step(x, y)
-            if loss is None:
-                totals[2] += 1
+            if loss is None:  # skipped on every rank alike (the decision is collective)
+                skipped += 1
                 consecutive += 1
                 if consecutive >= self.cfg.max_nonfinite:
                     raise NonFiniteLossError(
@@ -446,8 +448,8 @@ class Trainer:
             all_reduce_sum(totals)
             average_buffers(self.student, self.dist.world)
         progress.remove_task(task)
-        loss_sum, images, skipped = totals.tolist()
-        return EpochStats(epoch + 1, lr, loss_sum / max(1.0, images), time.perf_counter() - t0, int(images), int(skipped), extra)
+        loss_sum, images = totals.tolist()
+        return EpochStats(epoch + 1, lr, loss_sum / max(1.0, images), time.perf_counter() - t0, int(images), skipped, extra)
 
     def validate(self, progress: Any) -> dict[str, Any]:
         """Clean and PGD accuracy on the validation split (carved from training data; never test)."""
