@@ -44,7 +44,9 @@ def parse_fraction(value: str | float | int, *, name: str = "eps") -> float:
 
 
 def format_fraction(value: float) -> str:
-    """Show a pixel budget as k/255 when it is one, else as a decimal."""
+    """Show a pixel budget as written: short decimals (0.2, 0.03) as decimals, else k/255 when it is one."""
+    if round(value, 4) == value:
+        return f"{value:g}"
     k = value * 255
     if abs(k - round(k)) < 1e-6 and round(k) != 0:
         return f"{round(k)}/255"
@@ -74,6 +76,10 @@ def _atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -66,7 +66,8 @@ def describe_model(identifier: str, model: Classifier) -> dict[str, Any]:
         "parameters": count_parameters(model), "source": model.spec.source or identifier,
     }
     if path is not None and path.exists():
-        info["file"] = str(path)
+        # Bundled files live wherever the package is installed: name them package-relative.
+        info["file"] = f"robustdistill/assets/{path.name}" if identifier.startswith("bundled:") else str(path)
         info["sha256"] = sha256_file(path)
     return info
 

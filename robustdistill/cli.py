@@ -91,14 +91,14 @@ def _floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain .pt/.pth checkpoint (see `robustdistill list`).")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", min=2, help="Class count for --arch / timm models (default: the dataset's).")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local weights file for a timm:NAME model.")]
-ModelDirOpt = Annotated[Optional[Path], typer.Option("--model-dir", envvar="ROBUSTDISTILL_MODEL_DIR", help="RobustBench cache root (MODEL_DIR/DATASET/THREAT/NAME.pt). [default: ./models]")]
+ModelDirOpt = Annotated[Optional[Path], typer.Option("--model-dir", envvar="ROBUSTDISTILL_MODEL_DIR", help="RobustBench cache root (MODEL_DIR/DATASET/THREAT/NAME.pt). \\[default: ./models]")]
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean a plain checkpoint was trained with, e.g. 0.4914,0.4822,0.4465.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std that goes with --mean.")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="digits, cifar10, cifar100, svhn or imagefolder. [default: the one recorded in a robustdistill model]")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (imagefolder: the folder of class folders). [default: ./data]")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="digits, cifar10, cifar100, svhn or imagefolder. \\[default: the one recorded in a robustdistill model]")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (imagefolder: the folder of class folders). \\[default: ./data]")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download a torchvision dataset if it is missing (needs network).")]
 ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=4, help="Resize imagefolder images to NxN.")]
-EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. [default: 8/255, or the budget a robustdistill model was trained at]")]
+EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. \\[default: 8/255, or the budget a robustdistill model was trained at]")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")]
 
@@ -119,7 +119,7 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option("--split", help="test (default), val, train, or all (an image folder without splits).")] = None,
     attacks: Annotated[str, typer.Option("--attacks", "-a", help="Comma-separated: clean, fgsm, pgd, cw, aa (or all).")] = "clean,pgd",
     eps: EpsOpt = None,
-    n_examples: Annotated[Optional[int], typer.Option("--n-examples", "-n", min=1, help="Evaluate the first N examples of the split. [default: all]")] = None,
+    n_examples: Annotated[Optional[int], typer.Option("--n-examples", "-n", min=1, help="Evaluate the first N examples of the split. \\[default: all]")] = None,
     batch_size: BatchOpt = 256,
     pgd_steps: Annotated[int, typer.Option("--pgd-steps", min=1, help="PGD iterations.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random starts and of AutoAttack.")] = 0,
@@ -212,8 +212,7 @@ def _load_config_option(ctx: typer.Context, param: Any, value: Optional[Path]) -
         data = load_config_file(value)
     except RobustDistillError as exc:
         _fail(str(exc))
-    nested = data.pop("hparams", None) or {}
-    data.update(nested)
+    data = _config_to_options(data, ctx.command.name or "", {p.name for p in ctx.command.params})
     valid = {p.name for p in ctx.command.params}
     unknown = sorted(k for k in data if k not in valid)
     if unknown:
@@ -224,7 +223,28 @@ def _load_config_option(ctx: typer.Context, param: Any, value: Optional[Path]) -
 
 # CLI option -> method hyperparameter (robustdistill.methods Params field).
 HPARAMS = {"alpha": "alpha", "temperature": "tau", "beta": "beta", "gamma": "gamma", "iad_beta": "beta_iad",
-           "iad_begin": "begin", "clip_min": "clip_min", "clip_max": "clip_max", "kappa_steps": "kappa_steps"}
+           "iad_begin": "begin", "clip_min": "clip_min", "clip_max": "clip_max", "eps_floor": "eps_floor",
+           "kappa_steps": "kappa_steps"}
+
+
+def _config_to_options(data: dict[str, Any], command: str, valid: set[str]) -> dict[str, Any]:
+    """Accept a run's saved config.yaml as --config: nested ``hparams`` (method parameter names)
+    become CLI options; for train-teacher, ``student`` is ``--arch`` and TRADES' ``beta`` is
+    ``--trades-beta``. Keys a command lacks are dropped only when they hold the default value."""
+    from .distill import DistillConfig
+
+    data = dict(data)
+    nested = data.pop("hparams", None) or {}
+    to_option = {"beta": "trades_beta"} if command == "train-teacher" else {v: k for k, v in HPARAMS.items()}
+    data.update({to_option.get(k, k): v for k, v in nested.items()})
+    if command == "train-teacher":
+        if "student" in data:
+            data["arch"] = data.pop("student")
+        if data.get("teacher") is None:
+            data.pop("teacher", None)
+    defaults = DistillConfig()
+    return {k: v for k, v in data.items()
+            if k in valid or not (k in DistillConfig.__dataclass_fields__ and v == getattr(defaults, k))}
 
 
 @app.command()
@@ -239,17 +259,17 @@ def distill(
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     image_size: ImageSizeOpt = None,
-    val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split. [default: 10%, at most 1000]")] = None,
-    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. [default: the teacher's, else 8/255; digits 0.2]")] = None,
-    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. [default: eps/4]")] = None,
+    val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split. \\[default: 10%, at most 1000]")] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. \\[default: the teacher's, else 8/255; digits 0.2]")] = None,
+    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. \\[default: eps/4]")] = None,
     attack_steps: Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")] = 10,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. [default: the paper's (200; RSLAD 300); digits 40]")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Training batch size (per process).")] = 128,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. \\[default: the paper's (200; RSLAD 300); digits 40]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Training batch size (per process). \\[default: 128; digits 32]")] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (SGD).")] = 0.1,
     momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0)] = 0.9,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0, help="[default: the method's, 2e-4; AdaAD 5e-4]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0, help="\\[default: the method's, 2e-4; AdaAD 5e-4]")] = None,
     nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (the released Fair-ARD code uses it).")] = False,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant. [default: the method's]")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant. \\[default: the method's]")] = None,
     amp: Annotated[str, typer.Option("--amp", help="Autocast: none, bf16 or fp16.")] = "none",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data order, augmentation and attacks.")] = 0,
@@ -257,9 +277,10 @@ def distill(
     val_pgd_steps: Annotated[int, typer.Option("--val-pgd-steps", min=1, help="PGD steps of the per-epoch validation.")] = 10,
     eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")] = "clean,pgd,cw,aa",
     no_aa: Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")] = False,
-    eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1, help="Evaluate the first N test examples. [default: all]")] = None,
+    eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1, help="Evaluate the first N test examples. \\[default: all]")] = None,
     eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", min=1)] = 256,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. [default: runs/<time>-<method>-<student>-<dataset>]")] = None,
+    eval_seed: Annotated[int, typer.Option("--eval-seed", help="Seed of the final evaluation's random starts and AutoAttack (fixed across training seeds).")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<time>-<method>-<student>-<dataset>]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")] = False,
     device: DeviceOpt = "auto",
@@ -275,6 +296,7 @@ def distill(
     iad_begin: Annotated[Optional[float], typer.Option("--iad-begin", help="IAD: fraction of the run after which introspection starts.")] = None,
     clip_min: Annotated[Optional[float], typer.Option("--clip-min", help="Fair-ARD: lower bound of class weights (5/6).")] = None,
     clip_max: Annotated[Optional[float], typer.Option("--clip-max", help="Fair-ARD: upper bound of class weights (5/2).")] = None,
+    eps_floor: Annotated[Optional[float], typer.Option("--eps-floor", help="Fair-ARD: the 1e-5 in (kappa + 1e-5)^-beta.")] = None,
     kappa_steps: Annotated[Optional[int], typer.Option("--kappa-steps", min=1, help="Fair-KD/Fair-KDIGA: PGD steps that measure class difficulty.")] = None,
 ) -> None:
     """Distil a robust teacher into a small student. With no arguments: the bundled digits job (about 2 minutes on a CPU)."""
@@ -321,11 +343,11 @@ def train_teacher(
     download: DownloadOpt = False,
     image_size: ImageSizeOpt = None,
     val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split.")] = None,
-    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget, e.g. 8/255. [default: 8/255; digits 0.2]")] = None,
-    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. [default: eps/4]")] = None,
+    eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget, e.g. 8/255. \\[default: 8/255; digits 0.2]")] = None,
+    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. \\[default: eps/4]")] = None,
     attack_steps: Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")] = 10,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. [default: 200; digits 40]")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 128,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. \\[default: 200; digits 40]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="\\[default: 128; digits 32]")] = None,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 0.1,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0)] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant.")] = None,
@@ -337,7 +359,7 @@ def train_teacher(
     eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")] = "clean,pgd,cw,aa",
     no_aa: Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")] = False,
     eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. [default: runs/<time>-<method>-<arch>-<dataset>]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<time>-<method>-<arch>-<dataset>]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")] = False,
     device: DeviceOpt = "auto",

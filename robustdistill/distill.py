@@ -48,7 +48,7 @@ class DistillConfig:
     attack_step: str | None = None
     attack_steps: int = 10
     epochs: int | None = None
-    batch_size: int = 128
+    batch_size: int | None = None
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float | None = None
@@ -63,6 +63,7 @@ class DistillConfig:
     no_aa: bool = False
     eval_n_examples: int | None = None
     eval_batch_size: int = 256
+    eval_seed: int = 0
     out: str | None = None
     device: str = "auto"
     teacher_arch: str | None = None
@@ -87,6 +88,9 @@ class DistillConfig:
 # default run must finish in about two minutes on a laptop CPU.
 PAPER_EPOCHS = {"rslad": 300}
 DIGITS_EPOCHS = 40
+# 1,293 training images: batches of 32 give 41 SGD steps per epoch (128 would give 11, too few
+# for attacked training from scratch - chosen on the validation split, benchmarks/results/tuning.md).
+DIGITS_BATCH = 32
 
 
 def _base_method(method: str) -> str:
@@ -107,10 +111,11 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
     step = cfg.attack_step or format_fraction(eps_value / 4)
     parse_fraction(step, name="attack step")
     epochs = cfg.epochs or (DIGITS_EPOCHS if dataset == "digits" else PAPER_EPOCHS.get(base, 200))
+    batch_size = cfg.batch_size or (DIGITS_BATCH if dataset == "digits" else 128)
     schedule = cfg.schedule or method_cls.default_schedule
     wd = cfg.weight_decay if cfg.weight_decay is not None else method_cls.default_weight_decay
     hparams = {k: v for k, v in cfg.hparams.items() if v is not None}
-    return replace(cfg, dataset=dataset, eps=eps, attack_step=step, epochs=epochs, schedule=schedule, weight_decay=wd,
+    return replace(cfg, dataset=dataset, eps=eps, attack_step=step, epochs=epochs, batch_size=batch_size, schedule=schedule, weight_decay=wd,
                    hparams={**cls_defaults, **hparams})
 
 
@@ -143,7 +148,7 @@ class DistillResult:
 
 def _train_config(cfg: DistillConfig) -> TrainConfig:
     return TrainConfig(
-        epochs=int(cfg.epochs or 1), batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        epochs=int(cfg.epochs or 1), batch_size=int(cfg.batch_size or 128), lr=cfg.lr, momentum=cfg.momentum,
         weight_decay=float(cfg.weight_decay if cfg.weight_decay is not None else 2e-4), nesterov=cfg.nesterov,
         schedule=cfg.schedule or "ard", amp=cfg.amp, channels_last=cfg.channels_last, seed=cfg.seed,
         val_pgd_steps=cfg.val_pgd_steps, select=cfg.select,
@@ -237,7 +242,7 @@ def _needs_teacher(method: str) -> bool:
 
 
 # Flags that may change when a run is resumed (they do not change what is trained).
-RESUMABLE_CHANGES = ("device", "no_aa", "eval_attacks", "eval_n_examples", "eval_batch_size", "epochs")
+RESUMABLE_CHANGES = ("device", "no_aa", "eval_attacks", "eval_n_examples", "eval_batch_size", "eval_seed", "epochs")
 
 
 def resume_config(out: str | Path, given: dict[str, Any]) -> DistillConfig:
@@ -281,15 +286,29 @@ def _teacher_meta(cfg: DistillConfig) -> dict[str, str]:
     return meta
 
 
-def _evaluate_final(prep: _Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str) -> EvaluationResult:
+def _evaluate_final(prep: _Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str,
+                    reuse: bool = False) -> EvaluationResult:
+    """Test-split evaluation. With ``reuse`` (the teacher), an identical stored evaluation is
+    reused instead of attacking again, and a fresh one is stored (see :mod:`robustdistill.eval_cache`)."""
+    from . import eval_cache
+
     cfg = prep.cfg
     attacks = [a for a in parse_attacks(cfg.eval_attacks) if not (cfg.no_aa and a == "aa")]
-    settings = EvalSettings(eps=parse_fraction(cfg.eps or "8/255"), seed=cfg.seed)
-    return evaluate_model(
-        model, prep.splits.test, prep.splits.info.class_names, attacks=attacks, settings=settings,
-        n_examples=cfg.eval_n_examples, batch_size=cfg.eval_batch_size, device=prep.device, model_id=model_id,
+    settings = EvalSettings(eps=parse_fraction(cfg.eps or "8/255"), seed=cfg.eval_seed)
+    split = prep.splits.test.head(cfg.eval_n_examples)
+    if reuse:
+        found = eval_cache.lookup(model_id, info.get("sha256"), prep.splits.info.name, split.name, split.labels, settings, attacks)
+        if found is not None:
+            console.print(f"{description}: reusing the identical evaluation from {found.model_info['reused_evaluation']}")
+            return found
+    result = evaluate_model(
+        model, split, prep.splits.info.class_names, attacks=attacks, settings=settings,
+        batch_size=cfg.eval_batch_size, device=prep.device, model_id=model_id,
         dataset=prep.splits.info.name, model_info=info, description=description,
     )
+    if reuse:
+        eval_cache.store(result)
+    return result
 
 
 def run_training(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) -> DistillResult:
@@ -318,13 +337,21 @@ def _run(cfg: DistillConfig, *, resume: bool, overwrite: bool) -> DistillResult:
     if not is_main_process():
         return DistillResult(prep.run.path, student_path, report_path, None, None, history, cfg.to_dict())
     extra = {"dataset": str(cfg.dataset), "method": cfg.method, "eps": str(cfg.eps), **prep.teacher_meta}
+    prep.student.spec = prep.student.spec.with_(source=_provenance(cfg))
     save_classifier(prep.student, student_path, config=cfg.to_dict(), extra=extra)
     student_eval = _evaluate_final(prep, prep.student, str(student_path), describe_model(str(student_path), prep.student), "student")
     teacher_eval = None
     if prep.teacher is not None and cfg.teacher:
-        teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher, describe_model(cfg.teacher, prep.teacher), "teacher")
+        teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher, describe_model(cfg.teacher, prep.teacher), "teacher", reuse=True)
     write_run_report(prep, student_eval, teacher_eval, history)
     return DistillResult(prep.run.path, student_path, report_path, student_eval, teacher_eval, history, cfg.to_dict())
+
+
+def _provenance(cfg: DistillConfig) -> str:
+    """``ModelSpec.source`` of a trained model: how it was made."""
+    if cfg.teacher:
+        return f"robustdistill distill --method {cfg.method} --teacher {cfg.teacher} (eps {cfg.eps}, seed {cfg.seed})"
+    return f"robustdistill train-teacher --method {cfg.method} (eps {cfg.eps}, seed {cfg.seed})"
 
 
 def write_run_report(prep: _Prepared, student: EvaluationResult, teacher: EvaluationResult | None, history: list[dict[str, Any]]) -> None:

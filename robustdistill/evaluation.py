@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import attacks as atk
-from ._utils import forked_rng, format_fraction
+from ._utils import derive_seed, forked_rng, format_fraction
 from .data import Split
 from .errors import UsageError, did_you_mean
 from .metrics import summarize
@@ -218,9 +218,12 @@ def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, co
     n_batches = -(-len(data) // batch_size)
     task = progress.add_task(f"{description}: {', '.join(plain)}", total=n_batches, info="")
     done = 0
-    for x, y, idx in data.batches(batch_size, device):
+    for number, (x, y, idx) in enumerate(data.batches(batch_size, device)):
         for attack in plain:
             t0 = time.perf_counter()
+            # Each (attack, batch) draws its random start from its own seed, so a sample's result
+            # does not depend on which other attacks run (it does depend on the batch size).
+            torch.manual_seed(derive_seed(settings.seed, ATTACKS.index(attack), number))
             if attack == "clean":
                 with torch.no_grad():
                     ok = model(x).argmax(1).eq(y)

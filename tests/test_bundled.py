@@ -1,0 +1,93 @@
+"""The bundled robust digits teacher and the no-argument default job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustdistill.api import saved_config
+from robustdistill.data import load_dataset
+from robustdistill.distill import DistillConfig, resolve_config
+from robustdistill.evaluation import EvalSettings, evaluate_model
+from robustdistill.models import list_bundled, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorded_report() -> dict:
+    return json.loads((resources.files("robustdistill") / "assets" / "digits.report.json").read_text())
+
+
+def test_bundled_digits_is_registered_and_self_describing() -> None:
+    assert "digits" in list_bundled()
+    model = load_model("bundled:digits")
+    assert not model.training
+    assert model.spec.arch == "small_cnn" and model.spec.num_classes == 10 and model.spec.input_size == (1, 8, 8)
+    assert model.spec.class_names == tuple(str(d) for d in range(10))
+    config = saved_config("bundled:digits")
+    assert config["dataset"] == "digits" and config["eps"] == "0.2" and config["method"] == "at"
+
+
+def test_recorded_evaluation_matches_a_fresh_one() -> None:
+    """The numbers shipped next to the teacher are what the teacher does (clean exactly, PGD per sample)."""
+    report = recorded_report()
+    assert report["schema"] == "robustdistill/evaluation@1"
+    assert {"clean", "pgd", "aa"} <= set(report["results"])
+    model = load_model("bundled:digits")
+    splits = load_dataset("digits")
+    assert report["data"]["n_examples"] == len(splits.test)
+    assert report["per_sample"]["labels"] == splits.test.labels.tolist()
+    fresh = evaluate_model(model, splits.test, splits.info.class_names, attacks=("clean", "pgd"),
+                           settings=EvalSettings(eps=0.2, seed=report["settings"]["seed"]))
+    for attack in ("clean", "pgd"):
+        bits = "".join("1" if v else "0" for v in fresh.correct[attack].tolist())
+        recorded = report["per_sample"]["correct"][attack]
+        differing = sum(a != b for a, b in zip(bits, recorded))
+        # Random starts are seeded per (attack, batch): the same per-sample results, whatever
+        # other attacks ran; allow one sample for float reduction order across thread counts.
+        assert differing <= (0 if attack == "clean" else 1), (attack, differing)
+    assert report["results"]["aa"]["accuracy"] <= report["results"]["pgd"]["accuracy"] + 1e-9
+
+
+def test_no_argument_defaults() -> None:
+    cfg = resolve_config(DistillConfig())
+    assert (cfg.teacher, cfg.student, cfg.method, cfg.dataset) == ("bundled:digits", "tiny_cnn", "fair-ard", "digits")
+    assert cfg.eps == "0.2" and cfg.attack_step == "0.05" and cfg.batch_size == 32 and cfg.epochs == 40
+    assert cfg.hparams["beta"] == 2.0 and cfg.eval_attacks == "clean,pgd,cw,aa"
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_teacher(tmp_path: Path) -> None:
+    """A plain (non-editable) install gets the asset: it is inside the built wheel."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "-q"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("robustdistill-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("digits.safetensors", "digits.report.json", "digits.report.md"):
+        assert f"robustdistill/assets/{name}" in names
+    assert "robustdistill/py.typed" in names
+    with zipfile.ZipFile(wheel) as zf:
+        data = zf.read("robustdistill/assets/digits.safetensors")
+    assert data == (resources.files("robustdistill") / "assets" / "digits.safetensors").read_bytes()
+
+
+def test_default_job_one_epoch(tmp_path: Path) -> None:
+    """The default job's code path end to end (shortened): bundled teacher -> tiny_cnn, Fair-ARD."""
+    from robustdistill import distill
+
+    result = distill(epochs=1, eval_attacks="clean,pgd", eval_n_examples=60, out=str(tmp_path / "run"))
+    assert result.student_path.exists() and (tmp_path / "run" / "fairness.md").exists()
+    report = json.loads(result.report_path.read_text())
+    assert report["teacher"]["model"]["id"] == "bundled:digits"
+    assert len(report["teacher"]["results"]["pgd"]["per_class"]) == 10
+    assert torch.isfinite(torch.tensor(report["student"]["results"]["pgd"]["accuracy"]))
