@@ -66,8 +66,16 @@ def test_no_argument_defaults() -> None:
 @pytest.mark.slow
 def test_wheel_ships_the_teacher(tmp_path: Path) -> None:
     """A plain (non-editable) install gets the asset: it is inside the built wheel."""
+    import shutil
+
+    # Build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "robustdistill", source / "robustdistill", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "-q"],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "-q"],
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
