@@ -221,6 +221,62 @@ def _load_config_option(ctx: typer.Context, param: Any, value: Optional[Path]) -
     return value
 
 
+# Options shared by `distill` and `train-teacher`.
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", is_eager=True, callback=_load_config_option, help="YAML or TOML file of option values; flags on the command line override it (a run's config.yaml works too).")]
+ValSizeOpt = Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split. \\[default: 10%, at most 1000]")]
+AttackStepOpt = Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. \\[default: eps/4]")]
+AttackStepsOpt = Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. \\[default: the paper's (200; RSLAD 300); digits 40]")]
+TrainBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Training batch size (per process). \\[default: 128; digits 32]")]
+LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (SGD).")]
+MomentumOpt = Annotated[float, typer.Option("--momentum", min=0.0, max=1.0)]
+WeightDecayOpt = Annotated[Optional[float], typer.Option("--weight-decay", min=0.0, help="\\[default: the method's, 2e-4; AdaAD 5e-4]")]
+NesterovOpt = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (the released Fair-ARD code uses it).")]
+ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant. \\[default: the method's]")]
+AmpOpt = Annotated[str, typer.Option("--amp", help="Autocast: none, bf16 or fp16.")]
+ChannelsLastOpt = Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the initial weights, data order, augmentation and attacks.")]
+SelectOpt = Annotated[str, typer.Option("--select", help="Report the last epoch, or the best epoch on validation PGD (best-val).")]
+ValPgdStepsOpt = Annotated[int, typer.Option("--val-pgd-steps", min=1, help="PGD steps of the per-epoch validation.")]
+EvalAttacksOpt = Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")]
+NoAaOpt = Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")]
+EvalNOpt = Annotated[Optional[int], typer.Option("--eval-n-examples", min=1, help="Evaluate the first N test examples. \\[default: all]")]
+EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", min=1)]
+EvalSeedOpt = Annotated[int, typer.Option("--eval-seed", help="Seed of the final evaluation's random starts and AutoAttack (fixed across training seeds).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<time>-<method>-<model>-<dataset>]")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")]
+
+
+def _explicit(ctx: typer.Context, name: str) -> bool:
+    """Was ``name`` given on the command line or in --config? (By name: typer vendors click, so
+    click.core.ParameterSource members never compare equal.)"""
+    return getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "DEFAULT_MAP")
+
+
+def _training_config(ctx: typer.Context, fields_: dict[str, Any], hparams: dict[str, Any], resume: bool,
+                     out: Optional[Path], renamed: dict[str, str] | None = None) -> Any:
+    """The run config: resolved defaults for a new run, the saved config (checked against the
+    explicitly given flags) for --resume. ``renamed`` maps config fields to option names."""
+    from .distill import DistillConfig, resolve_config, resume_config
+    from .errors import UsageError
+
+    if not resume:
+        return resolve_config(DistillConfig(**fields_, hparams=hparams))
+    if out is None:
+        raise UsageError("--resume needs --out DIR (the run to continue)")
+    option = renamed or {}
+    given = {k: v for k, v in fields_.items() if k in {p.name for p in ctx.command.params} | set(option) and _explicit(ctx, option.get(k, k))}
+    return resume_config(out, {**given, "hparams": hparams})
+
+
+def _fields(values: dict[str, Any], skip: set[str]) -> dict[str, Any]:
+    from .distill import DistillConfig
+
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()
+            if k not in skip and k in DistillConfig.__dataclass_fields__}
+
+
 # CLI option -> method hyperparameter (robustdistill.methods Params field).
 HPARAMS = {"alpha": "alpha", "temperature": "tau", "beta": "beta", "gamma": "gamma", "iad_beta": "beta_iad",
            "iad_begin": "begin", "clip_min": "clip_min", "clip_max": "clip_max", "eps_floor": "eps_floor",
@@ -251,7 +307,7 @@ def _config_to_options(data: dict[str, Any], command: str, valid: set[str]) -> d
 @handle_errors
 def distill(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", is_eager=True, callback=_load_config_option, help="YAML or TOML file of option values; flags on the command line override it.")] = None,
+    config: ConfigOpt = None,
     teacher: Annotated[str, typer.Option("--teacher", "-t", help="bundled:digits, robustbench:NAME[@DATASET/THREAT], timm:NAME, or a checkpoint file.")] = "bundled:digits",
     student: Annotated[str, typer.Option("--student", "-s", help="Student architecture (see `robustdistill list students`).")] = "tiny_cnn",
     method: Annotated[str, typer.Option("--method", "-m", help="kd, ard, rslad, iad, kdiga, adaad, or fair-<any of them> (see `robustdistill list methods`).")] = "fair-ard",
@@ -259,30 +315,30 @@ def distill(
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     image_size: ImageSizeOpt = None,
-    val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split. \\[default: 10%, at most 1000]")] = None,
+    val_size: ValSizeOpt = None,
     eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. \\[default: the teacher's, else 8/255; digits 0.2]")] = None,
-    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. \\[default: eps/4]")] = None,
-    attack_steps: Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")] = 10,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. \\[default: the paper's (200; RSLAD 300); digits 40]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="Training batch size (per process). \\[default: 128; digits 32]")] = None,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (SGD).")] = 0.1,
-    momentum: Annotated[float, typer.Option("--momentum", min=0.0, max=1.0)] = 0.9,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0, help="\\[default: the method's, 2e-4; AdaAD 5e-4]")] = None,
-    nesterov: Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (the released Fair-ARD code uses it).")] = False,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant. \\[default: the method's]")] = None,
-    amp: Annotated[str, typer.Option("--amp", help="Autocast: none, bf16 or fp16.")] = "none",
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order, augmentation and attacks.")] = 0,
-    select: Annotated[str, typer.Option("--select", help="Report the last epoch, or the best epoch on validation PGD (best-val).")] = "last",
-    val_pgd_steps: Annotated[int, typer.Option("--val-pgd-steps", min=1, help="PGD steps of the per-epoch validation.")] = 10,
-    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")] = "clean,pgd,cw,aa",
-    no_aa: Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")] = False,
-    eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1, help="Evaluate the first N test examples. \\[default: all]")] = None,
-    eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", min=1)] = 256,
-    eval_seed: Annotated[int, typer.Option("--eval-seed", help="Seed of the final evaluation's random starts and AutoAttack (fixed across training seeds).")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<time>-<method>-<student>-<dataset>]")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")] = False,
+    attack_step: AttackStepOpt = None,
+    attack_steps: AttackStepsOpt = 10,
+    epochs: EpochsOpt = None,
+    batch_size: TrainBatchOpt = None,
+    lr: LrOpt = 0.1,
+    momentum: MomentumOpt = 0.9,
+    weight_decay: WeightDecayOpt = None,
+    nesterov: NesterovOpt = False,
+    schedule: ScheduleOpt = None,
+    amp: AmpOpt = "none",
+    channels_last: ChannelsLastOpt = False,
+    seed: SeedOpt = 0,
+    select: SelectOpt = "last",
+    val_pgd_steps: ValPgdStepsOpt = 10,
+    eval_attacks: EvalAttacksOpt = "clean,pgd,cw,aa",
+    no_aa: NoAaOpt = False,
+    eval_n_examples: EvalNOpt = None,
+    eval_batch_size: EvalBatchOpt = 256,
+    eval_seed: EvalSeedOpt = 0,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     teacher_arch: Annotated[Optional[str], typer.Option("--teacher-arch", help="Architecture of a plain .pt teacher checkpoint.")] = None,
     teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="Local weights for a timm:NAME teacher.")] = None,
@@ -300,21 +356,11 @@ def distill(
     kappa_steps: Annotated[Optional[int], typer.Option("--kappa-steps", min=1, help="Fair-KD/Fair-KDIGA: PGD steps that measure class difficulty.")] = None,
 ) -> None:
     """Distil a robust teacher into a small student. With no arguments: the bundled digits job (about 2 minutes on a CPU)."""
-    from .distill import DistillConfig, resolve_config, resume_config, run_training
+    from .distill import run_training
 
     values = dict(locals())
     hparams = {key: values[opt] for opt, key in HPARAMS.items() if values[opt] is not None}
-    skip = {"ctx", "config", "resume", "overwrite", *HPARAMS}
-    fields_ = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k not in skip and k in DistillConfig.__dataclass_fields__}
-    if resume:
-        if out is None:
-            raise_usage("--resume needs --out DIR (the run to continue)")
-        # By name: typer >= 0.29 vendors click, so click.core.ParameterSource members never compare equal.
-        explicit = ("COMMANDLINE", "DEFAULT_MAP")
-        given = {k: v for k, v in fields_.items() if getattr(ctx.get_parameter_source(k), "name", None) in explicit}
-        cfg = resume_config(out, {**given, "hparams": hparams})
-    else:
-        cfg = resolve_config(DistillConfig(**fields_, hparams=hparams))
+    cfg = _training_config(ctx, _fields(values, set(HPARAMS)), hparams, resume, out)
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if result.student is not None:
         from .report import evaluation_table
@@ -335,66 +381,55 @@ def distill(
 @handle_errors
 def train_teacher(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", is_eager=True, callback=_load_config_option, help="YAML or TOML file of option values.")] = None,
+    config: ConfigOpt = None,
     arch: Annotated[str, typer.Option("--arch", help="Architecture to train (see `robustdistill list students`).")] = "small_cnn",
     method: Annotated[str, typer.Option("--method", "-m", help="at (PGD adversarial training, Madry et al.) or trades (Zhang et al.).")] = "at",
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     image_size: ImageSizeOpt = None,
-    val_size: Annotated[Optional[int], typer.Option("--val-size", min=1, help="Validation examples carved from the training split.")] = None,
+    val_size: ValSizeOpt = None,
     eps: Annotated[Optional[str], typer.Option("--eps", help="L-inf budget, e.g. 8/255. \\[default: 8/255; digits 0.2]")] = None,
-    attack_step: Annotated[Optional[str], typer.Option("--attack-step", help="Training attack step size. \\[default: eps/4]")] = None,
-    attack_steps: Annotated[int, typer.Option("--attack-steps", min=1, help="Training attack iterations.")] = 10,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", "-e", min=1, help="Epochs. \\[default: 200; digits 40]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help="\\[default: 128; digits 32]")] = None,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 0.1,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", min=0.0)] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="ard, ard-released, rslad, cosine or constant.")] = None,
+    attack_step: AttackStepOpt = None,
+    attack_steps: AttackStepsOpt = 10,
+    epochs: EpochsOpt = None,
+    batch_size: TrainBatchOpt = None,
+    lr: LrOpt = 0.1,
+    momentum: MomentumOpt = 0.9,
+    weight_decay: WeightDecayOpt = None,
+    nesterov: NesterovOpt = False,
+    schedule: ScheduleOpt = None,
     trades_beta: Annotated[Optional[float], typer.Option("--trades-beta", help="TRADES: weight of the robustness KL term (6).")] = None,
-    amp: Annotated[str, typer.Option("--amp", help="none, bf16 or fp16.")] = "none",
-    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    select: Annotated[str, typer.Option("--select", help="last or best-val.")] = "last",
-    eval_attacks: Annotated[str, typer.Option("--eval-attacks", help="Attacks of the final test-split evaluation.")] = "clean,pgd,cw,aa",
-    no_aa: Annotated[bool, typer.Option("--no-aa", help="Skip AutoAttack in the final evaluation.")] = False,
-    eval_n_examples: Annotated[Optional[int], typer.Option("--eval-n-examples", min=1)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory. \\[default: runs/<time>-<method>-<arch>-<dataset>]")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run files already in --out.")] = False,
+    amp: AmpOpt = "none",
+    channels_last: ChannelsLastOpt = False,
+    seed: SeedOpt = 0,
+    select: SelectOpt = "last",
+    val_pgd_steps: ValPgdStepsOpt = 10,
+    eval_attacks: EvalAttacksOpt = "clean,pgd,cw,aa",
+    no_aa: NoAaOpt = False,
+    eval_n_examples: EvalNOpt = None,
+    eval_batch_size: EvalBatchOpt = 256,
+    eval_seed: EvalSeedOpt = 0,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Adversarially train a robust teacher (PGD-AT or TRADES) for data that has none; writes teacher.safetensors."""
-    from .distill import DistillConfig, resolve_config, resume_config, run_training
+    from .distill import run_training
     from .errors import UsageError
     from .report import evaluation_table
 
     if method not in ("at", "trades"):
         raise UsageError(f"train-teacher trains without a teacher; use --method at or trades, not {method!r}")
     values = dict(locals())
-    fields_ = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if k in DistillConfig.__dataclass_fields__}
-    fields_.update(teacher=None, student=arch)
+    fields_ = {**_fields(values, set()), "teacher": None, "student": arch}
     hparams = {"beta": trades_beta} if trades_beta is not None else {}
-    if resume:
-        if out is None:
-            raise UsageError("--resume needs --out DIR (the run to continue)")
-        explicit = ("COMMANDLINE", "DEFAULT_MAP")  # by name (typer vendors click)
-        given = {k: v for k, v in fields_.items() if k in values and getattr(ctx.get_parameter_source(k), "name", None) in explicit}
-        if getattr(ctx.get_parameter_source("arch"), "name", None) in explicit:
-            given["student"] = arch
-        cfg = resume_config(out, {**given, "hparams": hparams})
-    else:
-        cfg = resolve_config(DistillConfig(**fields_, hparams=hparams))
+    cfg = _training_config(ctx, fields_, hparams, resume, out, renamed={"student": "arch"})
     result = run_training(cfg, resume=resume, overwrite=overwrite)
     if result.student is not None:
         stdout_console.print(evaluation_table(result.student.to_dict(), title="teacher (test split)"))
         console.print(f"wrote [bold]{result.student_path}[/], [bold]{result.report_path}[/] and {result.out_dir / 'report.md'}")
-
-
-def raise_usage(message: str) -> None:
-    from .errors import UsageError
-
-    raise UsageError(message)
 
 
 
