@@ -10,12 +10,14 @@ from typing import Any, Sequence
 import torch
 
 from ._utils import parse_fraction, select_device, sha256_file
+from . import eval_cache
 from .data import DatasetSplits, load_dataset
 from .errors import UsageError
 from .evaluation import EvalSettings, EvaluationResult, evaluate_model, parse_attacks
 from .models import Classifier, check_fits, count_parameters, load_model, parse_model_id
 from .models.checkpoint import META_CONFIG, read_metadata
 from .models.sources import bundled_path
+from .progress import console
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,13 @@ def evaluate(
     image_size: int | None = None,
     splits: DatasetSplits | None = None,
     model_id: str | None = None,
+    reuse: bool = True,
 ) -> EvaluationResult:
     """Evaluate a model with exact per-class results.
+
+    With ``reuse`` (the default), an identical evaluation stored earlier - same model file
+    (sha256), data, split, examples and attack settings; see :mod:`robustdistill.eval_cache` -
+    is returned instead of attacking again, and a fresh evaluation of a model file is stored.
 
     Example:
         >>> result = robustdistill.evaluate("bundled:digits", attacks="clean,pgd,aa", eps=0.2)
@@ -132,10 +139,19 @@ def evaluate(
         "arch": net.spec.arch, "num_classes": net.num_classes, "input_size": list(net.spec.input_size),
         "parameters": count_parameters(net), "source": net.spec.source}
     class_names = net.spec.class_names if net.spec.class_names and len(net.spec.class_names) == splits.info.num_classes else splits.info.class_names
-    return evaluate_model(
-        net, splits.split(split_name), class_names, attacks=attack_list, settings=settings, n_examples=n_examples,
+    data = splits.split(split_name).head(n_examples)
+    if reuse:
+        found = eval_cache.lookup(model_id or identifier, info.get("sha256"), splits.info.name, data.name, data.labels, settings, attack_list)
+        if found is not None:
+            console.print(f"reusing the identical evaluation of {model_id or identifier} from {found.model_info['reused_evaluation']} (pass --fresh to attack again)")
+            return found
+    result = evaluate_model(
+        net, data, class_names, attacks=attack_list, settings=settings,
         batch_size=batch_size, device=dev, model_id=model_id or identifier, dataset=splits.info.name, model_info=info,
     )
+    if reuse:
+        eval_cache.store(result)
+    return result
 
 
 def load_report(path: str | Path) -> EvaluationResult:

@@ -133,6 +133,7 @@ def evaluate(
     image_size: ImageSizeOpt = None,
     download: DownloadOpt = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and report.md here.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
 ) -> None:
     """Clean, FGSM, PGD, CW∞ and AutoAttack accuracy of any model - overall and per class."""
     from . import api
@@ -143,6 +144,7 @@ def evaluate(
         model, dataset=dataset, data_dir=data_dir, split=split, attacks=attacks, eps=eps_value, n_examples=n_examples,
         batch_size=batch_size, device=device, seed=seed, pgd_steps=pgd_steps,
         options=_model_options(arch, num_classes, weights, model_dir, mean, std), download=download, image_size=image_size,
+        reuse=not fresh,
     )
     report = result.to_dict()
     stdout_console.print(evaluation_table(report))

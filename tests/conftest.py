@@ -21,6 +21,9 @@ from types import SimpleNamespace
 # mode, so that a test that forgets to block the network still cannot reach it.
 os.environ["ROBUSTDISTILL_NO_PROGRESS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Stored evaluations (robustdistill.eval_cache) go to a fresh directory per test session, so no
+# test reuses a result left behind by an earlier session or by the user.
+os.environ["ROBUSTDISTILL_CACHE"] = __import__("tempfile").mkdtemp(prefix="robustdistill-cache-")
 # Hypothesis keeps caches in ./.hypothesis by default; keep the checkout clean.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(__import__("tempfile").gettempdir(), "robustdistill-hypothesis"))
 

@@ -100,3 +100,25 @@ def test_distill_attacks_its_teacher_once(cache: Path, model_file: str, tmp_path
     assert reports[1]["teacher"]["model"]["reused_evaluation"].endswith(".json")
     assert reports[0]["teacher"]["per_sample"] == reports[1]["teacher"]["per_sample"]
     assert second.teacher is not None
+
+
+def test_evaluate_reuses_and_fresh_attacks_again(cache: Path, model_file: str) -> None:
+    from robustdistill import evaluate
+
+    first = evaluate(model_file, attacks="clean,pgd", n_examples=30, pgd_steps=2)
+    assert "reused_evaluation" not in first.model_info
+    second = evaluate(model_file, attacks="clean,pgd", n_examples=30, pgd_steps=2)
+    assert second.model_info["reused_evaluation"].endswith(".json")
+    assert torch.equal(second.correct["pgd"], first.correct["pgd"])
+    third = evaluate(model_file, attacks="clean,pgd", n_examples=30, pgd_steps=2, reuse=False)
+    assert "reused_evaluation" not in third.model_info
+
+
+def test_fairness_report_reuses_the_bundled_teacher_evaluation(cache: Path, model_file: str) -> None:
+    """fairness-report on the bundled teacher with the shipped settings does not attack it again."""
+    from robustdistill import fairness_report
+
+    comparison = fairness_report(["bundled:digits", model_file], attacks="clean,pgd", n_examples=None)
+    teacher = comparison["models"][0]
+    assert "shipped" in teacher["info"]["reused_evaluation"]
+    assert teacher["results"]["pgd"]["n"] == 360
