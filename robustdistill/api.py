@@ -148,6 +148,7 @@ def evaluate(
     result = evaluate_model(
         net, data, class_names, attacks=attack_list, settings=settings,
         batch_size=batch_size, device=dev, model_id=model_id or identifier, dataset=splits.info.name, model_info=info,
+        state_path=eval_cache.partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
     )
     if reuse:
         eval_cache.store(result)

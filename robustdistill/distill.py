@@ -305,6 +305,7 @@ def _evaluate_final(prep: _Prepared, model: Classifier, model_id: str, info: dic
         model, split, prep.splits.info.class_names, attacks=attacks, settings=settings,
         batch_size=cfg.eval_batch_size, device=prep.device, model_id=model_id,
         dataset=prep.splits.info.name, model_info=info, description=description,
+        state_path=prep.run / f".{description}-evaluation.partial.json",  # --resume continues a killed evaluation
     )
     if reuse:
         eval_cache.store(result)

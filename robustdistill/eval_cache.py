@@ -35,6 +35,12 @@ def cache_dir() -> Path | None:
     return (Path(root) if root else Path.home() / ".cache" / "robustdistill") / "evaluations"
 
 
+def partial_path(sha256: str | None) -> Path | None:
+    """Where an unfinished evaluation of the model file with ``sha256`` keeps its progress."""
+    root = cache_dir()
+    return root.parent / "partial" / f"{sha256[:24]}.partial.json" if root is not None and sha256 else None
+
+
 def _key(sha256: str, dataset: str, split: str, labels: torch.Tensor, settings: EvalSettings) -> str:
     v = versions()
     payload = {

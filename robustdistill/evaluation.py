@@ -18,15 +18,18 @@ under the attack (the per-point worst case; AutoAttack does the same).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from . import attacks as atk
-from ._utils import derive_seed, forked_rng, format_fraction
+from ._utils import atomic_write_json, derive_seed, forked_rng, format_fraction
 from .data import Split
 from .errors import UsageError, did_you_mean
 from .metrics import summarize
@@ -177,6 +180,7 @@ def evaluate_model(
     description: str = "evaluating",
     progress: Progress | None = None,
     keep_tasks: bool = True,
+    state_path: Path | None = None,
 ) -> EvaluationResult:
     """Attack the first ``n_examples`` of ``split`` and keep per-sample correctness for each attack.
 
@@ -184,6 +188,11 @@ def evaluate_model(
     afterwards); the caller's RNG state is left untouched. Pass ``progress`` to draw into an
     existing rich display (only one can be live at a time); ``keep_tasks=False`` removes the
     evaluation's bars from it when done (per-epoch validation).
+
+    With ``state_path`` (and a model file hash in ``model_info["sha256"]``), the per-sample
+    results are saved atomically after every batch, and an evaluation killed part-way continues
+    from there with identical results (every batch is seeded on its own); the file is removed
+    when the evaluation completes.
     """
     device = torch.device(device)
     attacks = parse_attacks(list(attacks))
@@ -194,12 +203,15 @@ def evaluate_model(
     labels = data.labels.clone()
     correct = {a: torch.zeros(len(data), dtype=torch.bool) for a in attacks}
     seconds = {a: 0.0 for a in attacks}
+    info = dict(model_info or {})
+    fingerprint = _fingerprint(info.get("sha256"), dataset, data.name, labels, settings, attacks, batch_size)
+    partial = _Partial(state_path if fingerprint else None, fingerprint or "", correct, seconds)
     try:
         with forked_rng(device), (contextlib.nullcontext(progress) if progress is not None else make_progress()) as progress:
             torch.manual_seed(settings.seed)
-            tasks = [_run_gradient_attacks(model, data, attacks, settings, batch_size, device, correct, seconds, progress, description)]
+            tasks = [_run_gradient_attacks(model, data, attacks, settings, batch_size, device, partial, progress, description)]
             if "aa" in attacks:
-                tasks.append(_run_autoattack(model, data, len(class_names), settings, batch_size, device, correct, seconds, progress, description))
+                tasks.append(_run_autoattack(model, data, len(class_names), settings, batch_size, device, partial, progress, description))
             if not keep_tasks:
                 for task in tasks:
                     progress.remove_task(task)
@@ -207,18 +219,69 @@ def evaluate_model(
         model.train(was_training)
         for p, g in zip(model.parameters(), grads):
             p.requires_grad_(g)
+    partial.finish()
     for a in attacks:
         if a != "clean":
             correct[a] &= correct["clean"]
-    return EvaluationResult(model_id, dataset, data.name, tuple(class_names), labels, correct, settings, seconds, dict(model_info or {}))
+    return EvaluationResult(model_id, dataset, data.name, tuple(class_names), labels, correct, settings, seconds, info)
 
 
-def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, correct, seconds, progress, description) -> int:
+def _fingerprint(sha256: str | None, dataset: str, split: str, labels: torch.Tensor, settings: EvalSettings,
+                 attacks: Sequence[str], batch_size: int) -> str | None:
+    """Identity of an evaluation for resuming it; ``None`` for models without a file hash."""
+    if not sha256:
+        return None
+    payload = [sha256, dataset, split, hashlib.sha256(labels.numpy().tobytes()).hexdigest(), asdict(settings), list(attacks), batch_size]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class _Partial:
+    """Which batches of an evaluation are done, with their results; saved atomically after each."""
+
+    def __init__(self, path: Path | None, fingerprint: str, correct: dict[str, torch.Tensor], seconds: dict[str, float]) -> None:
+        self.path, self.fingerprint, self.correct, self.seconds = path, fingerprint, correct, seconds
+        self.done: dict[str, set[int]] = {"gradient": set(), "aa": set()}
+        if path is not None and path.exists():
+            self._restore(path)
+
+    def _restore(self, path: Path) -> None:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # unreadable: start over (it is rewritten atomically, so this means tampering)
+        if state.get("fingerprint") != self.fingerprint:
+            return
+        self.done = {phase: set(numbers) for phase, numbers in state["done"].items()}
+        for attack, bits in state["correct"].items():
+            self.correct[attack] = torch.tensor([c == "1" for c in bits], dtype=torch.bool)
+        self.seconds.update(state["seconds"])
+
+    def mark(self, phase: str, number: int) -> None:
+        self.done[phase].add(number)
+        if self.path is None:
+            return
+        atomic_write_json(self.path, {
+            "fingerprint": self.fingerprint, "done": {k: sorted(v) for k, v in self.done.items()},
+            "correct": {a: "".join("1" if v else "0" for v in c.tolist()) for a, c in self.correct.items()},
+            "seconds": self.seconds,
+        })
+
+    def finish(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, partial, progress, description) -> int:
+    correct, seconds = partial.correct, partial.seconds
     plain = [a for a in attacks if a != "aa"]
     n_batches = -(-len(data) // batch_size)
     task = progress.add_task(f"{description}: {', '.join(plain)}", total=n_batches, info="")
     done = 0
     for number, (x, y, idx) in enumerate(data.batches(batch_size, device)):
+        done += len(idx)
+        if number in partial.done["gradient"]:
+            progress.update(task, advance=1)
+            continue
         for attack in plain:
             t0 = time.perf_counter()
             # Each (attack, batch) draws its random start from its own seed, so a sample's result
@@ -231,24 +294,30 @@ def _run_gradient_attacks(model, data, attacks, settings, batch_size, device, co
                 ok = _batch_correct(model, attack, x, y, settings)
             correct[attack][idx] = ok.cpu()
             seconds[attack] += time.perf_counter() - t0
-        done += len(idx)
+        partial.mark("gradient", number)
         info = "  ".join(f"{a} {correct[a][:done].float().mean():.1%}" for a in plain) if done else ""
         progress.update(task, advance=1, info=info)
     return task
 
 
-def _run_autoattack(model, data, num_classes, settings, batch_size, device, correct, seconds, progress, description) -> int:
-    # pyautoattack is run chunk by chunk (it is per-point anyway) so progress can be shown.
+def _run_autoattack(model, data, num_classes, settings, batch_size, device, partial, progress, description) -> int:
+    # pyautoattack is run chunk by chunk (it is per-point anyway, and seeds itself) so progress
+    # can be shown and a killed evaluation can continue.
+    correct, seconds = partial.correct, partial.seconds
     chunk = max(batch_size, 1)
     n_chunks = -(-len(data) // chunk)
     task = progress.add_task(f"{description}: AutoAttack ({settings.aa_version})", total=n_chunks, info="")
     done = 0
-    for x, y, idx in data.batches(chunk, device):
+    for number, (x, y, idx) in enumerate(data.batches(chunk, device)):
+        done += len(idx)
+        if number in partial.done["aa"]:
+            progress.update(task, advance=1)
+            continue
         t0 = time.perf_counter()
         flags = atk.autoattack(model, x, y, eps=settings.eps, num_classes=num_classes, version=settings.aa_version,
                                seed=settings.seed, batch_size=batch_size)
         correct["aa"][idx] = flags.cpu()
         seconds["aa"] += time.perf_counter() - t0
-        done += len(idx)
+        partial.mark("aa", number)
         progress.update(task, advance=1, info=f"aa {correct['aa'][:done].float().mean():.1%}")
     return task

@@ -224,7 +224,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         for entry in self.path.iterdir():
             stale_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")
-            old = overwrite and (entry.name in self.ARTIFACTS or entry.suffix == ".png")
+            partial = entry.name.startswith(".") and entry.name.endswith(".partial.json")  # an unfinished evaluation
+            old = overwrite and (entry.name in self.ARTIFACTS or entry.suffix == ".png" or partial)
             if entry.is_file() and (stale_tmp or old):
                 entry.unlink(missing_ok=True)
 
