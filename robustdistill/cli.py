@@ -156,6 +156,22 @@ def evaluate(
         console.print(f"wrote [bold]{json_path}[/] and [bold]{md_path}[/]")
 
 
+DATASET_NOTES = {
+    "digits": "scikit-learn's bundled 8x8 digits, 10 classes, offline (1,293 train / 144 val / 360 test)",
+    "cifar10": "torchvision CIFAR-10 from --data-dir (--download to fetch)",
+    "cifar100": "torchvision CIFAR-100 from --data-dir (--download to fetch)",
+    "svhn": "torchvision SVHN from --data-dir (--download to fetch)",
+    "imagefolder": "--data-dir with train/ and test/ class folders, or just class folders",
+}
+ATTACK_NOTES = {
+    "clean": "no attack",
+    "fgsm": "one signed CE step of size eps from x + 0.001 N(0, I)",
+    "pgd": "PGD-20 (--pgd-steps), step eps/4, CE, uniform start",
+    "cw": "CW-inf: PGD-20, step eps/4, margin loss with confidence 50",
+    "aa": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) via pyautoattack",
+}
+
+
 @app.command("list")
 @handle_errors
 def list_cmd(
@@ -176,8 +192,8 @@ def list_cmd(
            ("timm:NAME", "timm model (+ --weights FILE)"),
            ("FILE.safetensors", "a model written by robustdistill"),
            ("FILE.pt --arch ARCH", "plain weights (raw or nested state dict)")],
-        "datasets": lambda: [(n, "") for n in DATASETS],
-        "attacks": lambda: [(a, "") for a in ATTACKS],
+        "datasets": lambda: [(n, DATASET_NOTES[n]) for n in DATASETS],
+        "attacks": lambda: [(a, ATTACK_NOTES[a]) for a in ATTACKS],
     }
     try:
         from .methods import list_methods
