@@ -59,8 +59,19 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> Path:
     return out
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def study_hours(dirs: list[Path]) -> float:
+    """Wall time of the whole study, also when it was resumed: first run's start to last report."""
+    starts = [(d / "config.yaml").stat().st_mtime for d in dirs]
+    ends = [(d / "report.json").stat().st_mtime for d in dirs]
+    return (max(ends) - min(starts)) / 3600
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float, int]:
+    """(mean, sample std, how many values were defined); NSD is undefined when accuracy is 0."""
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(defined), (statistics.stdev(defined) if len(defined) > 1 else 0.0), len(defined)
 
 
 def collect(runs: dict[str, list[Path]]) -> dict[str, Any]:
@@ -75,22 +86,25 @@ def collect(runs: dict[str, list[Path]]) -> dict[str, Any]:
             rows[method]["attacks"][attack] = {
                 "accuracy": mean_std([r["accuracy"] for r in res]),
                 "worst": mean_std([r["worst_class"]["accuracy"] for r in res]),
-                "nsd": mean_std([r["nsd"] if r["nsd"] is not None else float("nan") for r in res]),
+                "nsd": mean_std([r["nsd"] for r in res]),
                 "worst_classes": [r["worst_class"]["name"] for r in res],
                 "per_run": [{"accuracy": r["accuracy"], "worst": r["worst_class"]["accuracy"], "nsd": r["nsd"]} for r in res],
             }
     assert teacher is not None
-    rows["teacher"] = {"seeds": 1, "attacks": {a: {"accuracy": (r["accuracy"], 0.0), "worst": (r["worst_class"]["accuracy"], 0.0),
-                                                   "nsd": (r["nsd"], 0.0), "worst_classes": [r["worst_class"]["name"]]}
+    rows["teacher"] = {"seeds": 1, "attacks": {a: {"accuracy": mean_std([r["accuracy"]]), "worst": mean_std([r["worst_class"]["accuracy"]]),
+                                                   "nsd": mean_std([r["nsd"]]), "worst_classes": [r["worst_class"]["name"]]}
                                                for a, r in teacher["results"].items()}}
     return rows
 
 
-def fmt(pair: tuple[float, float], pct: bool = True) -> str:
-    mean, std = pair
-    if mean != mean:  # nan
-        return "–"
-    return f"{100 * mean:.1f} ± {100 * std:.1f}" if pct else f"{mean:.3f} ± {std:.3f}"
+def fmt(stats: tuple[float, float, int], seeds: int, pct: bool = True) -> str:
+    mean, std, n = stats
+    if n == 0:
+        return "n/a"
+    if seeds == 1:  # the teacher: one model, no spread
+        return f"{100 * mean:.1f}" if pct else f"{mean:.2f}"
+    text = f"{100 * mean:.1f} ± {100 * std:.1f}" if pct else f"{mean:.2f} ± {std:.2f}"
+    return text if n == seeds else f"{text} ({n} of {seeds})"
 
 
 def markdown(rows: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -101,11 +115,28 @@ def markdown(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         cells = []
         for a in attacks:
             r = row["attacks"][a]
-            cells += [fmt(r["accuracy"]), fmt(r["worst"]), fmt(r["nsd"], pct=False)]
+            cells += [fmt(r["accuracy"], row["seeds"]), fmt(r["worst"], row["seeds"]), fmt(r["nsd"], row["seeds"], pct=False)]
         label = f"**{name}** (1 model)" if name == "teacher" else f"{name} ({row['seeds']} seeds)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy in % (mean ± sample std over seeds); NSD = population std / mean of the class accuracies.",
-              f"Command: `{meta['command']}`; wall time {meta['wall_time_s'] / 60:.1f} min; versions: {meta['versions']}."]
+    lines += ["", "Accuracy in % (mean ± sample std over seeds); NSD = population std / mean of the class accuracies "
+              "(n/a where the accuracy is 0 for every class; \"(k of n)\" = defined for k seeds only).",
+              f"Command: `{meta['command']}`; {meta['runs']} runs took {meta['study_hours']:.2f} h of wall time "
+              f"({meta['workers']} at a time, {meta['threads']} thread each, 2-core CPU); versions: {meta['versions']}."]
+    return "\n".join(lines) + "\n"
+
+
+def paired(rows: dict[str, Any]) -> str:
+    """Fair-X minus X per seed (same seed = same initial weights, data order and attack noise)."""
+    lines = ["| base X | attack | worst class: Fair-X − X (points) | seeds better / tied / worse | average: Fair-X − X (points) |",
+             "|---|---|---:|---:|---:|"]
+    for base in [m for m in rows if f"fair-{m}" in rows]:
+        for attack in [a for a in ATTACKS if a != "clean" and a in rows[base]["attacks"]]:
+            b, f = rows[base]["attacks"][attack]["per_run"], rows[f"fair-{base}"]["attacks"][attack]["per_run"]
+            worst = [100 * (y["worst"] - x["worst"]) for x, y in zip(b, f)]
+            avg = [100 * (y["accuracy"] - x["accuracy"]) for x, y in zip(b, f)]
+            better, tied = sum(v > 0 for v in worst), sum(v == 0 for v in worst)
+            spread = lambda v: f"{statistics.fmean(v):+.1f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.1f}"  # noqa: E731
+            lines.append(f"| {base} | {attack.upper()} | {spread(worst)} | {better} / {tied} / {len(worst) - better - tied} | {spread(avg)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -137,13 +168,16 @@ def main() -> None:
     from robustdistill._utils import versions
 
     meta = {"command": "python benchmarks/fairness_study.py " + " ".join(sys.argv[1:]), "wall_time_s": time.time() - started,
+            "study_hours": study_hours(done), "runs": len(done), "workers": args.workers, "threads": args.threads,
             "versions": versions(), "seeds": seeds, "student": args.student, "epochs": args.epochs,
             "overrides": STUDY_OVERRIDES, "extra_flags": args.set}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fairness_study.md").write_text(markdown(rows, meta))
+    text = ("# Digits robust-fairness study\n\n" + markdown(rows, meta)
+            + "\n## Paired by seed: what Fair-ARD reweighting changes\n\n" + paired(rows))
+    (out / "fairness_study.md").write_text(text)
     (out / "fairness_study.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(markdown(rows, meta))
+    print(text)
 
 
 if __name__ == "__main__":
