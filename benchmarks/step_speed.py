@@ -62,7 +62,7 @@ def measure(args: argparse.Namespace, amp: str, channels_last: bool) -> dict:
     steps = [b - a for a, b in zip(timings, timings[1:])][args.warmup:]
     seconds = sum(steps)
     return {
-        "student": args.student, "teacher": args.teacher, "method": args.method, "batch_size": args.batch_size,
+        "student": args.student, "teacher": args.teacher, "method": args.method, "shape": args.dataset_shape, "batch_size": args.batch_size,
         "attack_steps": args.attack_steps, "amp": amp, "channels_last": channels_last, "timed_steps": len(steps),
         "images_per_second": round(args.batch_size * len(steps) / seconds, 2), "threads": torch.get_num_threads(),
         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
@@ -95,10 +95,33 @@ def main() -> None:
         print(json.dumps(row))
         with open(RESULTS / "step_speed.jsonl", "a") as handle:
             handle.write(json.dumps(row) + "\n")
-    base = rows[0]["images_per_second"]
-    print(f"\n| option | img/s | speed-up | contended |\n|---|---:|---:|---|")
+    summary = markdown([json.loads(line) for line in (RESULTS / "step_speed.jsonl").read_text().splitlines() if line.strip()])
+    (RESULTS / "step_speed.md").write_text(summary)
+    print(summary)
+
+
+def markdown(rows: list[dict]) -> str:
+    """step_speed.md: the latest measurement of every (setup, option), speed-ups against fp32."""
+    latest: dict[tuple, dict[str, dict]] = {}
     for row in rows:
-        print(f"| {row['option']} | {row['images_per_second']} | {row['images_per_second'] / base:.2f}x | {row['contended']} |")
+        setup = (row["student"], row["teacher"], row["method"], row.get("shape", "3,32,32"), row["batch_size"], row["attack_steps"], row["device"])
+        latest.setdefault(setup, {})[row["option"]] = row
+    lines = ["# Training-step throughput", "",
+             "`python benchmarks/step_speed.py ...` (commands in the module docstring): the real `Trainer.train_epoch`",
+             "(the method's attack + loss + backward + SGD step) on random data of the given shape; images per",
+             "second over the timed steps after one warm-up step. 'contended' marks a measurement taken while the",
+             "machine's load exceeded its core count (such numbers mean little).", ""]
+    for (student, teacher, method, shape, batch, steps, device), options in latest.items():
+        base = options.get("fp32", next(iter(options.values())))["images_per_second"]
+        first = next(iter(options.values()))
+        lines += [f"## {method}: {student} <- {teacher}, input {shape}, batch {batch}, {steps}-step attack, {device}", "",
+                  f"{first['cpu']}, {first['threads']} threads, torch {first['torch']}, measured {first['date']}.", "",
+                  "| option | images/s | speed-up vs fp32 | timed steps | load before/after | contended |", "|---|---:|---:|---:|---|---|"]
+        for option, row in options.items():
+            lines.append(f"| {option} | {row['images_per_second']} | {row['images_per_second'] / base:.2f}x | {row['timed_steps']} | "
+                         f"{row['load_before']}/{row['load_after']} | {'yes' if row['contended'] else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def run(name: str, flags: list[str]) -> dict:
     out = OUT / name
     if not (out / "report.json").exists():
         cmd = [sys.executable, "-m", "robustdistill", "distill", "--teacher", "bundled:digits", "--student", "tiny_cnn",
-               "--dataset", "digits", "--seed", "0", "--eval-attacks", "clean", "--out", str(out), "--overwrite", *flags]
+               "--dataset", "digits", "--seed", "0", "--epochs", "40", "--eval-attacks", "clean", "--out", str(out), "--overwrite", *flags]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTDISTILL_NO_PROGRESS": "1"}
         subprocess.run(cmd, env=env, check=True, capture_output=True)
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]

@@ -58,9 +58,21 @@ def test_recorded_evaluation_matches_a_fresh_one() -> None:
 
 def test_no_argument_defaults() -> None:
     cfg = resolve_config(DistillConfig())
-    assert (cfg.teacher, cfg.student, cfg.method, cfg.dataset) == ("bundled:digits", "tiny_cnn", "fair-ard", "digits")
-    assert cfg.eps == "0.2" and cfg.attack_step == "0.05" and cfg.batch_size == 32 and cfg.epochs == 40
-    assert cfg.hparams["beta"] == 2.0 and cfg.eval_attacks == "clean,pgd,cw,aa"
+    assert (cfg.teacher, cfg.student, cfg.method, cfg.dataset) == ("bundled:digits", "tiny_cnn", "fair-iad", "digits")
+    assert cfg.eps == "0.2" and cfg.attack_step == "0.05" and cfg.batch_size == 32 and cfg.epochs == 20
+    assert cfg.hparams["beta"] == 2.0 and cfg.hparams["tau"] == 1.0 and cfg.eval_attacks == "clean,pgd,cw,aa"
+    # The CLI keeps its own copy of the default method (so --help does not import torch).
+    from robustdistill import cli
+    from robustdistill.distill import DEFAULT_METHOD
+
+    assert cli.DEFAULT_METHOD == DEFAULT_METHOD == cfg.method
+
+
+@pytest.mark.parametrize(("method", "epochs"), [("iad", 20), ("fair-iad", 20), ("ard", 40), ("fair-rslad", 40), ("kd", 40)])
+def test_digits_epochs_per_method(method: str, epochs: int) -> None:
+    """Digits defaults chosen on validation (benchmarks/results/default_job.md); an explicit --epochs wins."""
+    assert resolve_config(DistillConfig(method=method)).epochs == epochs
+    assert resolve_config(DistillConfig(method=method, epochs=7)).epochs == 7
 
 
 @pytest.mark.slow

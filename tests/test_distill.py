@@ -22,13 +22,14 @@ import torch
 import yaml
 
 from robustdistill.data import load_dataset
-from robustdistill.distill import distill, train_teacher
+from robustdistill.distill import DistillConfig, distill, resolve_config, train_teacher
 from robustdistill.evaluation import EvalSettings, evaluate_model
 from robustdistill.methods import get_method_class, list_methods
 from robustdistill.models import DataHint, build_student, load_classifier, save_classifier
 from robustdistill.models.checkpoint import read_metadata
 
 distill_mod = importlib.import_module("robustdistill.distill")  # the package re-exports distill() under that name
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"epochs": 1, "attack_steps": 2, "val_pgd_steps": 2, "eval_attacks": "clean,pgd", "eval_n_examples": 20,
         "device": "cpu"}
@@ -412,6 +413,35 @@ def test_toml_config_applies_and_flags_override(tmp_path, teacher_file, cli):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["method"] == "kd" and saved["seed"] == 5 and saved["hparams"]["alpha"] == 0.25
     assert saved["epochs"] == 1 and len(metrics(out)) == 1
+
+
+EXAMPLE_CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
+# CLI option names in the example files -> the method hyperparameter they set (resolved config)
+OPTION_TO_HPARAM = {"temperature": "tau", "iad_beta": "beta_iad", "iad_begin": "begin"}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.stem)
+def test_every_example_config_runs_and_applies(path, tmp_path, cli):
+    """The shipped examples/configs are real: each runs (at a tiny budget) and its values land in the run."""
+    values = yaml.safe_load(path.read_text())
+    out = tmp_path / "out"
+    result = cli("distill", "--config", path, *TINY_ARGS, "--out", out)
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for key, value in values.items():
+        if key in ("epochs",):  # overridden by TINY_ARGS on purpose
+            continue
+        got = saved["hparams"].get(OPTION_TO_HPARAM.get(key, key)) if key not in saved else saved[key]
+        assert got == pytest.approx(value) if isinstance(value, float) else str(got) == str(value), (key, got, value)
+
+
+def test_the_default_job_config_is_the_no_argument_job():
+    """examples/configs/fair-iad.yaml spells out `robustdistill distill` with no arguments."""
+    values = yaml.safe_load((ROOT / "examples" / "configs" / "fair-iad.yaml").read_text())
+    default = resolve_config(DistillConfig())
+    assert {k: getattr(default, k) for k in ("teacher", "student", "method", "dataset", "epochs", "eps", "seed")} == \
+        {k: values[k] for k in ("teacher", "student", "method", "dataset", "epochs", "eps", "seed")}
+    assert {k: default.hparams[k] for k in ("beta", "clip_max")} == {"beta": values["beta"], "clip_max": values["clip_max"]}
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])

@@ -314,7 +314,7 @@ def test_kdiga_alignment_gradient_nonzero_and_matches_finite_difference() -> Non
         with torch.no_grad():
             for q, d in zip(params, direction):
                 q.add_(sign * h * d)
-        values.append(float(alignment()))
+        values.append(alignment().item())
         with torch.no_grad():
             for q, d in zip(params, direction):
                 q.sub_(sign * h * d)
