@@ -3,10 +3,11 @@
 Runs ``Trainer.train_epoch`` (attack + loss + SGD step, exactly the production path) on random
 CIFAR-shaped data for each option combination and reports images/second. The machine's load is
 recorded with every measurement; a measurement taken while the load exceeds the core count is
-flagged as contended (numbers then mean little).
+flagged as contended (numbers then mean little). For fp32 it also counts the FLOPs of one real
+step and times a bare student forward, to tell how close the step runs to the machine's speed.
 
     python benchmarks/step_speed.py --student resnet18 --teacher wrn-34-10 --method rslad --batch-size 32 --steps 4
-    python benchmarks/step_speed.py --student tiny_cnn --teacher small_cnn --dataset-shape 1,8,8 --batch-size 128 --steps 20
+    python benchmarks/step_speed.py --student tiny_cnn --teacher small_cnn --dataset-shape 1,8,8 --method fair-iad --batch-size 32 --steps 40
 
 Results are appended to benchmarks/results/step_speed.jsonl and summarised in step_speed.md.
 """
@@ -61,7 +62,7 @@ def measure(args: argparse.Namespace, amp: str, channels_last: bool) -> dict:
     # Consecutive loss calls are one full step apart (loss, backward, SGD, next attack).
     steps = [b - a for a, b in zip(timings, timings[1:])][args.warmup:]
     seconds = sum(steps)
-    return {
+    row = {
         "student": args.student, "teacher": args.teacher, "method": args.method, "shape": args.dataset_shape, "batch_size": args.batch_size,
         "attack_steps": args.attack_steps, "amp": amp, "channels_last": channels_last, "timed_steps": len(steps),
         "images_per_second": round(args.batch_size * len(steps) / seconds, 2), "threads": torch.get_num_threads(),
@@ -70,6 +71,61 @@ def measure(args: argparse.Namespace, amp: str, channels_last: bool) -> dict:
         "device": args.device, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if amp == "none" and not channels_last:
+        row.update(arithmetic(trainer, student, split, shape, args))
+        row["step_gflops_per_s"] = round(row["images_per_second"] * row["step_gflop_per_image"], 1)
+    return row
+
+
+class _FlopCount:
+    """Counts convolution/matmul FLOPs (torch.utils.flop_counter's formulas) of every op dispatched
+    inside it. FlopCounterMode itself cannot be used here: its module tracker rejects the
+    ``autograd.grad`` calls of the attacks."""
+
+    def __enter__(self) -> "_FlopCount":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+
+        counter = self
+        counter.total = 0
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                formula = flop_registry.get(func._overloadpacket)
+                if formula is not None:
+                    counter.total += formula(*args, **kwargs, out_val=out)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)
+
+
+def arithmetic(trainer: Trainer, student: Classifier, split: TensorSplit, shape: tuple[int, ...], args: argparse.Namespace) -> dict:
+    """FLOPs of one real training step per image (convolutions and matmuls, forward and backward,
+    attack included), and the speed of a bare student forward for comparison: how close the step
+    comes to what this machine does on plain convolutions."""
+    trainer.train_split = split.subset(torch.arange(args.batch_size))  # the same trainer, one batch
+    with _FlopCount() as step, make_progress() as progress:
+        trainer.train_epoch(1, progress)
+    x = torch.rand(args.batch_size, *shape, device=args.device)
+    student.eval()
+    with torch.no_grad(), _FlopCount() as forward:
+        student(x)
+    with torch.no_grad():
+        student(x)  # warm-up
+        started, runs = time.perf_counter(), 5
+        for _ in range(runs):
+            student(x)
+        seconds = (time.perf_counter() - started) / runs
+    return {"step_gflop_per_image": round(step.total / args.batch_size / 1e9, 3),
+            "student_forward_gflop_per_image": round(forward.total / args.batch_size / 1e9, 3),
+            "student_forward_gflops_per_s": round(forward.total / seconds / 1e9, 1)}
 
 
 def main() -> None:
@@ -120,6 +176,12 @@ def markdown(rows: list[dict]) -> str:
         for option, row in options.items():
             lines.append(f"| {option} | {row['images_per_second']} | {row['images_per_second'] / base:.2f}x | {row['timed_steps']} | "
                          f"{row['load_before']}/{row['load_after']} | {'yes' if row['contended'] else 'no'} |")
+        fp32 = options.get("fp32", {})
+        if "step_gflop_per_image" in fp32:
+            lines += ["", f"Arithmetic (fp32, `torch.utils.flop_counter` on one real step): {fp32['step_gflop_per_image']} GFLOP per "
+                      f"training image, so the step runs at **{fp32['step_gflops_per_s']} GFLOP/s**; a bare `{student}` forward "
+                      f"({fp32['student_forward_gflop_per_image']} GFLOP per image, batch {batch}, `no_grad`) runs at "
+                      f"{fp32['student_forward_gflops_per_s']} GFLOP/s on the same machine."]
         lines.append("")
     return "\n".join(lines)
 
