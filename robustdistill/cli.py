@@ -376,7 +376,7 @@ def distill(
     eps_floor: Annotated[Optional[float], typer.Option("--eps-floor", help="Fair-ARD: the 1e-5 in (kappa + 1e-5)^-beta.")] = None,
     kappa_steps: Annotated[Optional[int], typer.Option("--kappa-steps", min=1, help="Fair-KD/Fair-KDIGA: PGD steps that measure class difficulty.")] = None,
 ) -> None:
-    """Distil a robust teacher into a small student. With no arguments: the bundled digits job (about 2 minutes on a CPU)."""
+    """Distil a robust teacher into a small student. With no arguments: the bundled digits job (about 2.5 minutes on a 2-core CPU)."""
     from .distill import run_training
 
     values = dict(locals())
