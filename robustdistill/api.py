@@ -13,11 +13,10 @@ from ._utils import parse_fraction, select_device, sha256_file
 from . import eval_cache
 from .data import DatasetSplits, load_dataset
 from .errors import UsageError
-from .evaluation import EvalSettings, EvaluationResult, evaluate_model, parse_attacks
+from .evaluation import EvalSettings, EvaluationResult, parse_attacks
 from .models import Classifier, check_fits, count_parameters, load_model, parse_model_id
 from .models.checkpoint import META_CONFIG, read_metadata
 from .models.sources import bundled_path
-from .progress import console
 
 
 @dataclass(frozen=True)
@@ -140,19 +139,13 @@ def evaluate(
         "parameters": count_parameters(net), "source": net.spec.source}
     class_names = net.spec.class_names if net.spec.class_names and len(net.spec.class_names) == splits.info.num_classes else splits.info.class_names
     data = splits.split(split_name).head(n_examples)
-    if reuse:
-        found = eval_cache.lookup(model_id or identifier, info.get("sha256"), splits.info.name, data.name, data.labels, settings, attack_list)
-        if found is not None:
-            console.print(f"reusing the identical evaluation of {model_id or identifier} from {found.model_info['reused_evaluation']} (pass --fresh to attack again)")
-            return found
-    result = evaluate_model(
-        net, data, class_names, attacks=attack_list, settings=settings,
-        batch_size=batch_size, device=dev, model_id=model_id or identifier, dataset=splits.info.name, model_info=info,
+    return eval_cache.evaluate_or_reuse(
+        net, data, class_names, attacks=attack_list, settings=settings, model_id=model_id or identifier,
+        dataset=splits.info.name, model_info=info, reuse=reuse,
+        reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
+        batch_size=batch_size, device=dev,
         state_path=eval_cache.partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
     )
-    if reuse:
-        eval_cache.store(result)
-    return result
 
 
 def load_report(path: str | Path) -> EvaluationResult:

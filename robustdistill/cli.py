@@ -233,8 +233,8 @@ def _load_config_option(ctx: typer.Context, param: Any, value: Optional[Path]) -
         data = load_config_file(value)
     except RobustDistillError as exc:
         _fail(str(exc))
-    data = _config_to_options(data, ctx.command.name or "", {p.name for p in ctx.command.params})
     valid = {p.name for p in ctx.command.params}
+    data = _config_to_options(data, ctx.command.name or "", valid)
     unknown = sorted(k for k in data if k not in valid)
     if unknown:
         _fail(f"unknown key(s) in {value}: {', '.join(unknown)}; use the option names of `robustdistill distill --help`")

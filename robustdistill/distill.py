@@ -18,7 +18,7 @@ from ._utils import atomic_write_json, atomic_write_text, format_fraction, parse
 from .api import ModelOptions, describe_model, model_file, open_model, saved_config
 from .data import DatasetSplits, load_dataset
 from .errors import RunDirError, UsageError
-from .evaluation import EvalSettings, EvaluationResult, evaluate_model, parse_attacks
+from .evaluation import EvalSettings, EvaluationResult, parse_attacks
 from .methods import AttackSettings, build_strategy, get_method_class, method_defaults
 from .models import Classifier, build_student, freeze, save_classifier
 from .progress import console, is_main_process
@@ -302,20 +302,13 @@ def _evaluate_final(prep: _Prepared, model: Classifier, model_id: str, info: dic
     attacks = [a for a in parse_attacks(cfg.eval_attacks) if not (cfg.no_aa and a == "aa")]
     settings = EvalSettings(eps=parse_fraction(cfg.eps or "8/255"), seed=cfg.eval_seed)
     split = prep.splits.test.head(cfg.eval_n_examples)
-    if reuse:
-        found = eval_cache.lookup(model_id, info.get("sha256"), prep.splits.info.name, split.name, split.labels, settings, attacks)
-        if found is not None:
-            console.print(f"{description}: reusing the identical evaluation from {found.model_info['reused_evaluation']}")
-            return found
-    result = evaluate_model(
-        model, split, prep.splits.info.class_names, attacks=attacks, settings=settings,
-        batch_size=cfg.eval_batch_size, device=prep.device, model_id=model_id,
-        dataset=prep.splits.info.name, model_info=info, description=description,
+    return eval_cache.evaluate_or_reuse(
+        model, split, prep.splits.info.class_names, attacks=attacks, settings=settings, model_id=model_id,
+        dataset=prep.splits.info.name, model_info=info, reuse=reuse,
+        reused_message=f"{description}: reusing the identical evaluation from {{source}}",
+        batch_size=cfg.eval_batch_size, device=prep.device, description=description,
         state_path=prep.run / f".{description}-evaluation.partial.json",  # --resume continues a killed evaluation
     )
-    if reuse:
-        eval_cache.store(result)
-    return result
 
 
 def run_training(cfg: DistillConfig, *, resume: bool = False, overwrite: bool = False) -> DistillResult:

@@ -20,12 +20,13 @@ import os
 from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ._utils import atomic_write_json, versions
-from .evaluation import EvalSettings, EvaluationResult
+from .evaluation import EvalSettings, EvaluationResult, evaluate_model
+from .progress import console
 
 
 def cache_dir() -> Path | None:
@@ -113,3 +114,20 @@ def store(result: EvaluationResult) -> Path | None:
         return None  # a read-only home directory must not fail a run
     return path
 
+
+def evaluate_or_reuse(model: torch.nn.Module, data: Any, class_names: Sequence[str], *, attacks: Sequence[str],
+                      settings: EvalSettings, model_id: str, dataset: str, model_info: dict[str, Any], reuse: bool,
+                      reused_message: str, **evaluate_options: Any) -> EvaluationResult:
+    """:func:`~robustdistill.evaluation.evaluate_model`, unless ``reuse`` finds an identical stored
+    evaluation (then ``reused_message``, formatted with its ``source``, is printed and it is
+    returned); with ``reuse`` a fresh result is stored for next time."""
+    if reuse:
+        found = lookup(model_id, model_info.get("sha256"), dataset, data.name, data.labels, settings, attacks)
+        if found is not None:
+            console.print(reused_message.format(source=found.model_info["reused_evaluation"]))
+            return found
+    result = evaluate_model(model, data, class_names, attacks=attacks, settings=settings, model_id=model_id,
+                            dataset=dataset, model_info=model_info, **evaluate_options)
+    if reuse:
+        store(result)
+    return result
