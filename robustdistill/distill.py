@@ -19,7 +19,7 @@ from .api import ModelOptions, describe_model, model_file, open_model, saved_con
 from .data import DatasetSplits, load_dataset
 from .errors import RunDirError, UsageError
 from .evaluation import EvalSettings, EvaluationResult, parse_attacks
-from .methods import AttackSettings, build_strategy, get_method_class, method_defaults
+from .methods import AttackSettings, build_strategy, method_defaults, parse_method
 from .models import Classifier, build_student, freeze, save_classifier
 from .progress import console, is_main_process
 from .report import evaluation_markdown, plot_per_class
@@ -107,7 +107,7 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
     """Fill every ``None`` default from the method, teacher and dataset."""
     cls_defaults = method_defaults(cfg.method)  # raises on unknown method
     base = _base_method(cfg.method)
-    method_cls = get_method_class(base)
+    method_cls = parse_method(base).base
     teacher_cfg = saved_config(cfg.teacher) if cfg.teacher else {}
     dataset = cfg.dataset or teacher_cfg.get("dataset") or ("digits" if cfg.teacher in (None, "bundled:digits") else None)
     if not dataset:
@@ -118,8 +118,8 @@ def resolve_config(cfg: DistillConfig) -> DistillConfig:
     parse_fraction(step, name="attack step")
     epochs = cfg.epochs or (DIGITS_EPOCHS.get(base, DIGITS_EPOCHS_OTHER) if dataset == "digits" else PAPER_EPOCHS.get(base, 200))
     batch_size = cfg.batch_size or (DIGITS_BATCH if dataset == "digits" else 128)
-    schedule = cfg.schedule or method_cls.default_schedule
-    wd = cfg.weight_decay if cfg.weight_decay is not None else method_cls.default_weight_decay
+    schedule = cfg.schedule or method_cls.schedule
+    wd = cfg.weight_decay if cfg.weight_decay is not None else method_cls.weight_decay
     hparams = {k: v for k, v in cfg.hparams.items() if v is not None}
     return replace(cfg, dataset=dataset, eps=eps, attack_step=step, epochs=epochs, batch_size=batch_size, schedule=schedule, weight_decay=wd,
                    hparams={**cls_defaults, **hparams})
@@ -244,7 +244,7 @@ def _claim(run: RunDir, *, resume: bool, overwrite: bool) -> None:
 
 
 def _needs_teacher(method: str) -> bool:
-    return get_method_class(_base_method(method)).needs_teacher
+    return parse_method(method).base.needs_teacher
 
 
 # Flags that may change when a run is resumed (they do not change what is trained).
@@ -458,7 +458,7 @@ def train_teacher(
     The Python twin of ``robustdistill train-teacher``; options as for :func:`distill`. On resume,
     ``arch`` and ``method`` are checked against the saved run only when given.
     """
-    if method is not None and (get_method_class(_base_method(method)).needs_teacher or method.startswith("fair-")):
+    if method is not None and (parse_method(method).base.needs_teacher or method.startswith("fair-")):
         raise UsageError(f"train-teacher trains without a teacher; use --method at or trades, not {method}")
     if resume:
         named = {"teacher": None, **({"student": arch} if arch else {}), **({"method": method} if method else {})}

@@ -23,8 +23,8 @@ from torch import nn
 
 from robustdistill.errors import UsageError
 from robustdistill.methods import (
-    AttackOutput, AttackSettings, FairStrategy, Strategy, build_strategy, class_weights, list_methods,
-    method_defaults, method_names,
+    AttackMode, AttackOutput, AttackSettings, FairStrategy, MethodSpec, Strategy, build_strategy, class_weights,
+    list_methods, method_defaults, method_names,
 )
 
 C = 5  # classes in the golden fixtures
@@ -405,7 +405,8 @@ def test_kappa_and_attack_match_naive_per_sample_loop(method: str, seed: int, ep
 class FixedKappa(Strategy):
     """A stub base strategy that reports the kappa it is given (for the accumulation test)."""
 
-    name = "stub"
+    spec = MethodSpec(name="stub", summary="reports a fixed kappa", strategy=Strategy, params=Strategy.Params,
+                      attack_mode=AttackMode.TRAIN)
 
     def __init__(self, kappa: torch.Tensor) -> None:
         super().__init__(num_classes=4)
@@ -626,22 +627,28 @@ def test_every_method_one_step_on_tiny_student(name: str) -> None:
     assert any(changed)
     assert fingerprint(teacher) == teacher_hash
     assert all(q.grad is None for q in teacher.parameters())
-    assert strategy.on_epoch_end(None) is not None
+    logs = strategy.on_epoch_end(None)
+    if name.startswith("fair-"):  # one epoch of counts in: new class weights, each within the clip range
+        assert len(logs["class_weights"]) == 4 and len(logs["kappa_mean"]) == 4
+        assert all(5 / 6 - 1e-6 <= w <= 5 / 2 + 1e-6 for w in logs["class_weights"])
+    else:  # no base method logs anything per epoch
+        assert logs == {}
 
 
 # --------------------------------------------------------------------------- registry and API
 def test_registry_and_metadata() -> None:
-    names = [n for n, _ in list_methods()]
+    names = [m.name for m in list_methods()]
     for expected in ["ard", "rslad", "iad", "kdiga", "adaad", "kd", "at", "trades",
                      "fair-ard", "fair-rslad", "fair-iad", "fair-kdiga", "fair-adaad", "fair-kd"]:
         assert expected in names
     assert "fair-at" not in names and "fair-trades" not in names
-    assert all(summary and "\n" not in summary for _, summary in list_methods())
+    assert all(m.summary and "\n" not in m.summary for m in list_methods())
     modes = {n: build_strategy(n, num_classes=10).attack_mode for n in names}
     assert modes["ard"] == modes["iad"] == "train" and modes["kd"] == modes["kdiga"] == "none"
     assert modes["rslad"] == modes["adaad"] == modes["at"] == modes["trades"] == "eval"
-    assert build_strategy("adaad", num_classes=10).default_weight_decay == 5e-4
-    assert build_strategy("rslad", num_classes=10).default_schedule == "rslad"
+    assert build_strategy("adaad", num_classes=10).spec.weight_decay == 5e-4
+    assert build_strategy("rslad", num_classes=10).spec.schedule == "rslad"
+    assert build_strategy("fair-rslad", num_classes=10).spec.schedule == "rslad"
     assert not build_strategy("at", num_classes=10).needs_teacher
     assert method_defaults("ard") == {"alpha": 1.0, "tau": 30.0}
     assert method_defaults("fair-ard") == {"alpha": 1.0, "tau": 30.0, "beta": 2.0, "clip_min": 5 / 6,

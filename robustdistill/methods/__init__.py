@@ -1,109 +1,83 @@
-"""Distillation and adversarial-training strategies (see :mod:`robustdistill.methods.base`).
+"""Distillation and adversarial-training strategies.
 
-Registered methods: ``ard``, ``rslad``, ``iad``, ``kdiga``, ``adaad``, ``kd`` (need a teacher),
-``at``, ``trades`` (teacher-free), and ``fair-<base>`` for every method with a teacher
-(:class:`~robustdistill.methods.fair.FairStrategy`). Build one with :func:`build_strategy`.
+Each method is one module defining a :class:`~robustdistill.methods.base.Strategy` subclass
+registered with :func:`~robustdistill.methods.spec.register_method`. The built-in modules are
+imported here, explicitly; ``fair-<base>`` wraps any method that distils from a teacher in
+:class:`~robustdistill.methods.fair.FairStrategy`. Build one with :func:`build_strategy`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import fields
-from typing import Any
+from typing import Any, Mapping
 
-from ..errors import UsageError, did_you_mean
-from . import _load_all  # noqa: F401 - registers every method
-from .base import AttackOutput, AttackSettings, Strategy, get_method_class, method_names, register_method, weighted_mean
-from .fair import FairStrategy, class_weights, fair_summary
+from ..errors import UsageError
+from ..params import build_params, defaults, field_types
+# Registration order is the order of `robustdistill list methods`.
+from . import ard, rslad, iad, kdiga, adaad, kd, adversarial  # noqa: F401, I001 - the built-in methods register themselves
+from .base import AttackOutput, AttackSettings, Strategy, weighted_mean
+from .fair import FairStrategy, class_weights
+from .spec import (
+    FAIR_PREFIX, METHODS, AttackMode, FairParams, MethodChoice, MethodSpec, list_methods, method_names, parse_method,
+    register_method,
+)
 
 __all__ = [
-    "AttackOutput", "AttackSettings", "FairStrategy", "Strategy", "build_strategy", "class_weights",
-    "get_method_class", "list_methods", "method_defaults", "method_names", "register_method", "weighted_mean",
+    "FAIR_PREFIX", "METHODS", "AttackMode", "AttackOutput", "AttackSettings", "FairParams", "FairStrategy",
+    "MethodChoice", "MethodSpec", "Strategy", "build_strategy", "class_weights", "list_methods", "method_defaults",
+    "method_names", "parse_method", "register_method", "split_params", "weighted_mean",
 ]
 
-FAIR_PREFIX = "fair-"
 
+def split_params(choice: MethodChoice, params: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route hyperparameters to their owner: ``(base method's, Fair-ARD's)``.
 
-def _resolve(name: str) -> tuple[type[Strategy], bool]:
-    """``(base class, is_fair)`` for a method name; unknown names raise :class:`UsageError`."""
-    if name not in method_names():
-        raise UsageError(did_you_mean(name, method_names(), "method"))
-    fair = name.startswith(FAIR_PREFIX)
-    return get_method_class(name[len(FAIR_PREFIX):] if fair else name), fair
-
-
-def _field_types(params_cls: type) -> dict[str, Any]:
-    return {f.name: f.type for f in fields(params_cls)}
-
-
-def _coerce(method: str, key: str, kind: Any, value: Any) -> Any:
-    """Check/convert one hyperparameter value to its declared type (float, int or bool)."""
-    kind = getattr(kind, "__name__", kind)
-    ok = True
-    if kind == "bool":
-        ok = isinstance(value, bool)
-    elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
-        value = int(value) if ok else value
-    elif kind == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        value = float(value) if ok else value
-    if not ok:
-        raise UsageError(f"hyperparameter {key} of method {method!r} must be a finite {kind}, got {value!r}")
-    return value
+    Names never clash (``register_method`` refuses a wrappable method that reuses a Fair-ARD
+    name), so a flat mapping - CLI ``-p`` options, API keyword arguments - is unambiguous.
+    Unknown names raise :class:`~robustdistill.errors.UsageError` listing the valid ones.
+    """
+    given = {k: v for k, v in (params or {}).items() if v is not None}
+    fair_names = set(field_types(FairParams)) if choice.fair else set()
+    base = {k: v for k, v in given.items() if k not in fair_names}
+    fair = {k: v for k, v in given.items() if k in fair_names}
+    if choice.fair:
+        unknown = sorted(str(k) for k in base if k not in field_types(choice.base.params))
+        if unknown:
+            valid = ", ".join([*field_types(choice.base.params), *field_types(FairParams)])
+            raise UsageError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {choice.name!r}; valid: {valid}")
+    return base, fair
 
 
 def build_strategy(
-    name: str, params: dict[str, Any] | None = None, *, attack: AttackSettings | None = None, num_classes: int,
+    name: str | MethodChoice, params: Mapping[str, Any] | None = None, *, attack: AttackSettings | None = None,
+    num_classes: int,
 ) -> Strategy:
     """Build a strategy by name (``fair-<base>`` wraps ``<base>`` in :class:`FairStrategy`).
 
     Args:
-        name: a registered method name (see :func:`list_methods`).
-        params: hyperparameter overrides; keys must be fields of the method's ``Params`` (plus,
-            for ``fair-*``: beta, clip_min, clip_max, eps_floor, kappa_steps). ``None`` values are
-            ignored (the CLI passes ``None`` for unset flags).
+        name: a method name (see :func:`method_names`) or a parsed :class:`MethodChoice`.
+        params: hyperparameters (base and Fair-ARD ones in one mapping; ``None`` values mean default).
         attack: training attack budget in [0, 1] pixel units (default 8/255, 2/255, 10 steps).
         num_classes: number of classes of the dataset.
 
     Raises:
         UsageError: unknown method, unknown hyperparameter, or a value out of range (one line).
     """
-    cls, fair = _resolve(name)
+    choice = name if isinstance(name, MethodChoice) else parse_method(name)
     if num_classes < 2:
         raise UsageError(f"num_classes must be >= 2, got {num_classes}")
-    base_types = _field_types(cls.Params)
-    fair_types = _field_types(FairStrategy.Params) if fair else {}
-    given = {k: v for k, v in (params or {}).items() if v is not None}
-    unknown = sorted(k for k in given if k not in base_types and k not in fair_types)
-    if unknown:
-        valid = ", ".join([*base_types, *fair_types]) or "none (this method has no hyperparameters)"
-        raise UsageError(f"unknown hyperparameter(s) {', '.join(unknown)} for method {name!r}; valid: {valid}")
-    base_kwargs = {k: _coerce(name, k, base_types[k], v) for k, v in given.items() if k in base_types}
-    base = cls(cls.Params(**base_kwargs), attack=attack, num_classes=num_classes)
-    if not fair:
+    base_values, fair_values = split_params(choice, params)
+    owner = f"method {choice.name!r}"
+    base = choice.base.strategy(build_params(choice.base.params, base_values, owner), attack=attack, num_classes=num_classes)
+    if not choice.fair:
         return base
-    fair_kwargs = {k: _coerce(name, k, fair_types[k], v) for k, v in given.items() if k in fair_types}
-    return FairStrategy(base, **fair_kwargs)
-
-
-def list_methods() -> list[tuple[str, str]]:
-    """``(name, one-line summary)`` for every method, including the ``fair-`` variants."""
-    rows = []
-    for name in method_names():
-        if name.startswith(FAIR_PREFIX):
-            rows.append((name, fair_summary(name[len(FAIR_PREFIX):])))
-        else:
-            rows.append((name, get_method_class(name).summary))
-    return rows
+    fair = build_params(FairParams, fair_values, owner)
+    return FairStrategy(base, **{k: getattr(fair, k) for k in field_types(FairParams)})
 
 
 def method_defaults(name: str) -> dict[str, Any]:
     """The method's default hyperparameters (what :func:`build_strategy` resolves with no overrides)."""
-    cls, fair = _resolve(name)
-    base = cls.Params()
-    out = {f.name: getattr(base, f.name) for f in fields(base)}
-    if fair:
-        extra = FairStrategy.Params()
-        out.update({f.name: getattr(extra, f.name) for f in fields(extra)})
+    choice = parse_method(name)
+    out = choice.base.default_params()
+    if choice.fair:
+        out.update(defaults(FairParams))
     return out

@@ -8,10 +8,15 @@ import torch
 from torch import nn
 
 from ..attacks import pgd
-from .base import AttackOutput, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, Strategy, frozen_logits, soft_kl, weighted_mean
 
 
-@register_method
+@register_method(
+    name="adaad", summary="AdaAD: attack maximises the teacher-student KL at the same point (Huang et al., CVPR 2023)",
+    attack_mode=AttackMode.EVAL, weight_decay=5e-4,
+)
 class AdaAD(Strategy):
     """Adaptive Adversarial Distillation.
 
@@ -42,13 +47,7 @@ class AdaAD(Strategy):
     Cost: the teacher (a WRN-34-20 in the paper) runs 10 forwards + 10 input-backwards per batch.
     """
 
-    name = "adaad"
-    summary = "AdaAD: attack maximises the teacher-student KL at the same point (Huang et al., CVPR 2023)"
-    attack_mode = "eval"
-    default_schedule = "ard"
-    default_weight_decay = 5e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """alpha: weight of the adversarial KL (1 - alpha on the natural KL); batch_kl: KL reduction."""
 

@@ -9,10 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import ce_loss, pgd, full_precision
-from .base import AttackOutput, Strategy, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, Strategy, soft_kl, weighted_mean
 
 
-@register_method
+@register_method(
+    name="at", summary="Madry PGD adversarial training, no teacher (Madry et al., ICLR 2018)",
+    attack_mode=AttackMode.EVAL, needs_teacher=False,
+)
 class MadryAT(Strategy):
     """PGD adversarial training, no teacher.
 
@@ -27,14 +32,7 @@ class MadryAT(Strategy):
     Loss: ``CE(S(x_adv), y)`` reduced as ``sum_i w_i CE_i / B``. Stats: ``ce_adv``.
     """
 
-    name = "at"
-    summary = "Madry PGD adversarial training, no teacher (Madry et al., ICLR 2018)"
-    needs_teacher = False
-    attack_mode = "eval"
-    default_schedule = "ard"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """No hyperparameters besides the attack settings."""
 
@@ -54,7 +52,10 @@ class MadryAT(Strategy):
         return ce, {"ce_adv": ce.detach()}
 
 
-@register_method
+@register_method(
+    name="trades", summary="TRADES: clean CE plus beta x KL(clean || adversarial), no teacher (Zhang et al., ICML 2019)",
+    attack_mode=AttackMode.EVAL, needs_teacher=False,
+)
 class TRADES(Strategy):
     """TRADES adversarial training, no teacher.
 
@@ -77,14 +78,7 @@ class TRADES(Strategy):
     Stats: ``ce``, ``kl_adv``.
     """
 
-    name = "trades"
-    summary = "TRADES: clean CE plus beta x KL(clean || adversarial), no teacher (Zhang et al., ICML 2019)"
-    needs_teacher = False
-    attack_mode = "eval"
-    default_schedule = "ard"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """beta: weight of the robustness (KL) term."""
 

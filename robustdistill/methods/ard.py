@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ..attacks import ce_loss, pgd
-from .base import AttackOutput, AttackSettings, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, AttackSettings, Strategy, frozen_logits, soft_kl, weighted_mean
 
 
 def student_ce_attack(student: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSettings) -> AttackOutput:
@@ -25,7 +27,10 @@ def student_ce_attack(student: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
     return AttackOutput(x_adv=res.x_adv, kappa=res.kappa)
 
 
-@register_method
+@register_method(
+    name="ard", summary="ARD: adversarial student matched to the teacher's clean soft labels (Goldblum et al., AAAI 2020)",
+    attack_mode=AttackMode.TRAIN,
+)
 class ARD(Strategy):
     """Adversarially Robust Distillation.
 
@@ -50,13 +55,7 @@ class ARD(Strategy):
     Stats: ``kl_adv`` (meanKL), ``ce`` (clean CE).
     """
 
-    name = "ard"
-    summary = "ARD: adversarial student matched to the teacher's clean soft labels (Goldblum et al., AAAI 2020)"
-    attack_mode = "train"
-    default_schedule = "ard"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """alpha: weight of the adversarial KD term (1 - alpha on clean CE); tau: temperature."""
 

@@ -18,7 +18,7 @@ devices, DDP, the optimizer and checkpoints. Teachers arrive frozen and in eval 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -26,10 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import full_precision
-from ..errors import UsageError, did_you_mean
+from ..errors import UsageError
+from ..params import as_dict, require  # noqa: F401 - require is re-exported for method modules
+from .spec import AttackMode, MethodSpec
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackSettings:
     """Training-time inner maximisation budget (pixel units of [0, 1])."""
 
@@ -56,16 +58,16 @@ class AttackOutput:
 
 
 class Strategy:
-    """Base class: subclasses set ``name``/``summary``/``Params`` and implement perturb and loss."""
+    """Base class: subclasses define ``Params`` and implement :meth:`perturb` and :meth:`loss`.
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
-    needs_teacher: ClassVar[bool] = True
-    attack_mode: ClassVar[str] = "train"  # student BN mode during perturb: "train", "eval" or "none"
-    default_schedule: ClassVar[str] = "ard"  # lr schedule preset (see robustdistill.train)
-    default_weight_decay: ClassVar[float] = 2e-4
+    Registered subclasses carry their :class:`~robustdistill.methods.spec.MethodSpec` as ``spec``
+    (set by :func:`~robustdistill.methods.spec.register_method`); name, attack mode and teacher
+    needs are read from it.
+    """
 
-    @dataclass
+    spec: ClassVar[MethodSpec]
+
+    @dataclass(frozen=True)
     class Params:
         """Method hyperparameters with the paper defaults (overridden per subclass)."""
 
@@ -75,6 +77,18 @@ class Strategy:
         self.num_classes = num_classes
         self.epoch = 0
         self.num_epochs = 1
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def attack_mode(self) -> AttackMode:
+        return self.spec.attack_mode
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.spec.needs_teacher
 
     # -- hooks -------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -107,7 +121,7 @@ class Strategy:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.name, **{f.name: getattr(self.params, f.name) for f in fields(self.params)}}
+        return {"method": self.name, **as_dict(self.params)}
 
 
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -137,41 +151,9 @@ def soft_kl(
     return (p * (log_p - log_q)).sum(1)
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`UsageError` with ``message`` (one line saying the fix) unless ``condition``."""
-    if not condition:
-        raise UsageError(message)
-
-
 def frozen_logits(teacher: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     """Teacher logits without a graph (the teacher is frozen and needs no input gradient here)."""
     if teacher is None:
         raise UsageError("this method needs a teacher; pass one (e.g. --teacher robustbench:Zhang2019Theoretically)")
     with torch.no_grad():
         return teacher(x).detach()
-
-
-# --------------------------------------------------------------------------- registry
-_METHODS: dict[str, type[Strategy]] = {}
-
-
-def register_method(cls: type[Strategy]) -> type[Strategy]:
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or registered twice")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def method_names() -> list[str]:
-    from . import _load_all  # noqa: F401 - registration happens on package import
-
-    names = list(_METHODS)
-    return names + [f"fair-{n}" for n in names if _METHODS[n].needs_teacher]
-
-
-def get_method_class(name: str) -> type[Strategy]:
-    from . import _load_all  # noqa: F401
-
-    if name not in _METHODS:
-        raise UsageError(did_you_mean(name, method_names(), "method"))
-    return _METHODS[name]

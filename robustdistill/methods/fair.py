@@ -7,17 +7,19 @@ Robust Fairness", NeurIPS 2023 (spec ``algorithms.md`` section 5). One wrapper g
 
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..attacks import pgd
+from ..context import eval_mode, forked_rng
 from ..errors import UsageError
-from .base import AttackOutput, Strategy, require
+from ..params import as_dict
+from .base import AttackOutput, Strategy
+from .spec import FAIR_PREFIX, AttackMode, FairParams, MethodSpec
 
 #: Floor under ``kappa_mean + eps_floor`` before the log, so that kappa_mean = 0 with
 #: ``eps_floor = 0`` (the Fair-RSLAD formula) still gives finite weights.
@@ -58,38 +60,6 @@ def class_weights(
     total = r.sum()
     r = r * mask.sum().to(torch.float64) / total
     return torch.where(total > 0, r.clamp(clip_min, clip_max), torch.ones_like(r))
-
-
-@contextlib.contextmanager
-def _private_rng(device: torch.device, seed: int) -> Iterator[None]:
-    """Run the block with its own seeded RNG stream; the caller's RNG state is restored afterwards."""
-    if device.type == "cpu":
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            yield
-        return
-    index = device.index if device.index is not None else torch.get_device_module(device.type).current_device()
-    with torch.random.fork_rng(devices=[index], device_type=device.type):
-        module = torch.get_device_module(device.type)
-        if device.type == "cuda":
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        else:
-            module.manual_seed(seed)
-        torch.default_generator.manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own previous mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class FairStrategy(Strategy):
@@ -140,43 +110,37 @@ class FairStrategy(Strategy):
         kappa_steps: PGD steps of the separate kappa measurement (attack-free bases only).
     """
 
-    @dataclass
-    class Params:
-        """Fair-ARD hyperparameters (released-code defaults)."""
-
-        beta: float = 2.0
-        clip_min: float = 5 / 6
-        clip_max: float = 5 / 2
-        eps_floor: float = 1e-5
-        kappa_steps: int = 10
-
-        def __post_init__(self) -> None:
-            require(self.beta >= 0, f"fair: beta must be >= 0, got {self.beta}")
-            require(
-                0 < self.clip_min <= self.clip_max,
-                f"fair: need 0 < clip_min <= clip_max, got clip_min={self.clip_min}, clip_max={self.clip_max}",
-            )
-            require(self.eps_floor >= 0, f"fair: eps_floor must be >= 0, got {self.eps_floor}")
-            require(self.kappa_steps >= 1, f"fair: kappa_steps must be >= 1, got {self.kappa_steps}")
+    Params = FairParams
 
     def __init__(
         self, base: Strategy, beta: float = 2.0, clip_min: float = 5 / 6, clip_max: float = 5 / 2,
         eps_floor: float = 1e-5, kappa_steps: int = 10,
     ) -> None:
-        super().__init__(self.Params(beta, clip_min, clip_max, eps_floor, kappa_steps), base.attack, base.num_classes)
+        super().__init__(FairParams(beta, clip_min, clip_max, eps_floor, kappa_steps), base.attack, base.num_classes)
         self.base = base
-        self.name = f"fair-{base.name}"  # type: ignore[misc]
-        self.summary = fair_summary(base.name)  # type: ignore[misc]
-        self.needs_teacher = base.needs_teacher  # type: ignore[misc]
-        self.attack_mode = base.attack_mode  # type: ignore[misc]
-        self.default_schedule = base.default_schedule  # type: ignore[misc]
-        self.default_weight_decay = base.default_weight_decay  # type: ignore[misc]
         self.weights = torch.ones(self.num_classes, dtype=torch.float32)
         self._device_weights: torch.Tensor | None = None
         self._kappa_sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
         self._device: torch.device | None = None
         self._kappa_calls = 0
+
+    @property
+    def spec(self) -> MethodSpec:  # type: ignore[override]
+        """The wrapped method's spec: schedule, weight decay and epochs are the base method's."""
+        return self.base.spec
+
+    @property
+    def name(self) -> str:
+        return FAIR_PREFIX + self.base.name
+
+    @property
+    def attack_mode(self) -> AttackMode:
+        return self.base.attack_mode
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.base.needs_teacher
 
     # -- hooks -------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -219,8 +183,7 @@ class FairStrategy(Strategy):
         self.base.load_state_dict(state.get("base", {}))
 
     def describe(self) -> dict[str, Any]:
-        own = {f.name: getattr(self.params, f.name) for f in fields(self.params)}
-        return {**self.base.describe(), **own, "method": self.name}
+        return {**self.base.describe(), **as_dict(self.params), "method": self.name}
 
     # -- the algorithm -----------------------------------------------------------------------
     def perturb(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
@@ -245,7 +208,7 @@ class FairStrategy(Strategy):
         """Kappa from a separate ``kappa_steps``-step CE-PGD (for bases without an attack)."""
         seed = (_KAPPA_SEED + self._kappa_calls) % (2**63)
         self._kappa_calls += 1
-        with _eval_mode(student), _private_rng(x.device, seed):
+        with eval_mode(student), forked_rng(x.device, seed):
             res = pgd(
                 student, x, y, eps=self.attack.eps, step_size=self.attack.step_size, steps=self.params.kappa_steps,
                 loss="ce", start="uniform", clip_start=False, count_kappa=True,
@@ -260,8 +223,3 @@ class FairStrategy(Strategy):
         self._device = y.device
         self._kappa_sum.scatter_add_(0, y, kappa.to(torch.long))
         self._count += torch.bincount(y, minlength=self.num_classes)
-
-
-def fair_summary(base_name: str) -> str:
-    """One-line description of ``fair-<base_name>``."""
-    return f"Fair-ARD class reweighting by per-class kappa over {base_name} (Yue et al., NeurIPS 2023)"

@@ -10,10 +10,15 @@ from torch import nn
 
 from ..attacks import ce_loss, full_precision
 from .ard import student_ce_attack
-from .base import AttackOutput, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, Strategy, frozen_logits, soft_kl, weighted_mean
 
 
-@register_method
+@register_method(
+    name="iad", summary="IAD-I: ARD with partial trust in the teacher plus student introspection (Zhu et al., ICLR 2022)",
+    attack_mode=AttackMode.TRAIN, dataset_epochs={"digits": 20},
+)
 class IAD(Strategy):
     """Introspective Adversarial Distillation, variant IAD-I (ARD-based).
 
@@ -47,13 +52,7 @@ class IAD(Strategy):
     Stats: ``kl_adv``, ``introspect`` (0 before ``begin``), ``reliability`` (mean a_i, 1 before), ``ce``.
     """
 
-    name = "iad"
-    summary = "IAD-I: ARD with partial trust in the teacher plus student introspection (Zhu et al., ICLR 2022)"
-    attack_mode = "train"
-    default_schedule = "ard"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """alpha, tau as in ARD; beta_iad: reliability exponent; begin: fraction of epochs before introspection."""
 

@@ -8,10 +8,15 @@ import torch
 from torch import nn
 
 from ..attacks import ce_loss
-from .base import AttackOutput, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, Strategy, frozen_logits, soft_kl, weighted_mean
 
 
-@register_method
+@register_method(
+    name="kd", summary="plain knowledge distillation on clean inputs (Hinton et al., 2015); non-robust baseline",
+    attack_mode=AttackMode.NONE,
+)
 class KD(Strategy):
     """Knowledge distillation on clean data, no inner maximisation.
 
@@ -38,13 +43,7 @@ class KD(Strategy):
     Stats: ``kl`` (meanKL), ``ce``.
     """
 
-    name = "kd"
-    summary = "plain knowledge distillation on clean inputs (Hinton et al., 2015); non-robust baseline"
-    attack_mode = "none"
-    default_schedule = "ard"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """alpha: weight of the KD term (1 - alpha on CE); tau: softmax temperature."""
 

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ..attacks import ce_loss, full_precision
-from .base import AttackOutput, Strategy, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, Strategy, soft_kl, weighted_mean
 
 
 def input_gradient(
@@ -26,7 +28,10 @@ def input_gradient(
     return logits, ce, grad
 
 
-@register_method
+@register_method(
+    name="kdiga", summary="KDIGA: clean KD plus input-gradient alignment with the teacher (Shao et al., arXiv 2021)",
+    attack_mode=AttackMode.NONE,
+)
 class KDIGA(Strategy):
     """Knowledge distillation with input gradient alignment (no adversarial examples).
 
@@ -56,13 +61,7 @@ class KDIGA(Strategy):
     Stats: ``kl``, ``ce``, ``grad_gap`` (``||g_S - g_T||_2 / B``, before gamma).
     """
 
-    name = "kdiga"
-    summary = "KDIGA: clean KD plus input-gradient alignment with the teacher (Shao et al., arXiv 2021)"
-    attack_mode = "none"
-    default_schedule = "ard"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """alpha: KD weight (1 - alpha on CE); tau: temperature; gamma: weight of the alignment term."""
 

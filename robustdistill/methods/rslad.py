@@ -9,13 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import pgd, full_precision
-from .base import AttackOutput, Strategy, frozen_logits, register_method, require, soft_kl, weighted_mean
+from ..params import require
+from .spec import AttackMode, register_method
+from .base import AttackOutput, Strategy, frozen_logits, soft_kl, weighted_mean
 
 #: RSLAD's element-wise KL is ``p * (log(p + 1e-5) - log q)`` (a 1e-5 inside the teacher log).
 TEACHER_LOG_OFFSET = 1e-5
 
 
-@register_method
+@register_method(
+    name="rslad", summary="RSLAD: teacher's clean soft labels in the attack and both loss terms (Zi et al., ICCV 2021)",
+    attack_mode=AttackMode.EVAL, schedule="rslad", epochs=300,
+)
 class RSLAD(Strategy):
     """Robust Soft Label Adversarial Distillation.
 
@@ -43,13 +48,7 @@ class RSLAD(Strategy):
     Stats: ``kl_adv``, ``kl_nat`` (both meanKL, before alpha and kl_scale).
     """
 
-    name = "rslad"
-    summary = "RSLAD: teacher's clean soft labels in the attack and both loss terms (Zi et al., ICCV 2021)"
-    attack_mode = "eval"
-    default_schedule = "rslad"
-    default_weight_decay = 2e-4
-
-    @dataclass
+    @dataclass(frozen=True)
     class Params:
         """alpha: weight of the adversarial KL (1 - alpha on the natural KL); kl_scale: overall factor."""
 
