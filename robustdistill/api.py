@@ -1,71 +1,76 @@
-"""The Python API; the CLI is a thin layer over these functions."""
+"""The Python API of ``robustdistill evaluate``; the CLI is a thin layer over these functions.
+
+Defaults are the CLI's: the attack budget is the model's recorded training budget when it has
+one, else a required argument; attacks ``clean,pgd``; every example of the test split.
+Bad arguments raise the same :class:`~robustdistill.errors.RobustDistillError` subclasses the
+CLI turns into one-line messages.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-import torch
-
-from ._utils import parse_fraction, select_device, sha256_file
-from . import eval_cache
+from ._utils import select_device, sha256_file
+from .config import MAX_SEED, parse_budget
 from .data import DatasetSplits, load_dataset
 from .errors import UsageError
-from .evaluation import EvalSettings, EvaluationResult, parse_attacks
-from .models import Classifier, check_fits, count_parameters, load_model, parse_model_id
-from .models.checkpoint import META_CONFIG, read_metadata
-from .models.sources import bundled_path
+from .evaluation import EvaluationResult, eval_settings
+from .evaluation.cache import evaluate_or_reuse, partial_path
+from .models import Classifier, ModelOptions, check_fits, count_parameters, load_model, model_file, recorded_config, recorded_eps
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """How to interpret a model identifier (see :func:`robustdistill.models.load_model`)."""
-
-    arch: str | None = None
-    num_classes: int | None = None
-    weights: str | None = None
-    model_dir: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-
-def model_file(identifier: str) -> Path | None:
-    """The file behind an identifier, if it is one (for hashing and metadata)."""
-    ref = parse_model_id(identifier)
-    if ref.kind == "bundled":
-        return bundled_path(ref.name)
-    if ref.kind in ("safetensors", "checkpoint"):
-        return Path(ref.name)
-    return None
+def model_options(options: ModelOptions | Mapping[str, Any] | None) -> ModelOptions:
+    """``options`` as :class:`ModelOptions` (a mapping with its field names is accepted too)."""
+    if options is None:
+        return ModelOptions()
+    if isinstance(options, ModelOptions):
+        return options
+    if isinstance(options, Mapping):
+        valid = ModelOptions.__dataclass_fields__
+        unknown = sorted(str(k) for k in options if k not in valid)
+        if unknown:
+            raise UsageError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return ModelOptions(**dict(options))
+    raise UsageError(f"options must be a ModelOptions or a mapping of its fields, not {type(options).__name__}")
 
 
-def saved_config(identifier: str) -> dict[str, Any]:
-    """The run config stored in a robustdistill safetensors file (empty for anything else)."""
-    path = model_file(identifier)
-    if path is None or path.suffix != ".safetensors" or not path.exists():
-        return {}
-    meta = read_metadata(path)
-    return json.loads(meta[META_CONFIG]) if META_CONFIG in meta else {}
+def model_budget(model: str | Classifier, eps: float | str | None, options: ModelOptions = ModelOptions()) -> float:
+    """The eps rule: ``eps`` when given, else the budget the model was trained at, else an error."""
+    if eps is not None:
+        return parse_budget(eps)
+    recorded = recorded_eps(model, options) if isinstance(model, str) else model.spec.eps
+    if recorded is None:
+        name = model if isinstance(model, str) else (model.spec.source or model.spec.arch)
+        raise UsageError(f"{name} records no training budget; pass --eps (eps=... in Python), e.g. 8/255")
+    return float(recorded)
 
 
-def resolve_dataset_name(identifier: str, dataset: str | None) -> str:
+def recorded_dataset(identifier: str, options: ModelOptions = ModelOptions()) -> str | None:
+    """The dataset a robustdistill model file was trained on (None for other models)."""
+    data = recorded_config(identifier, options).get("dataset") or recorded_config(identifier, options).get("data")
+    if isinstance(data, Mapping):
+        data = data.get("name")
+    return str(data) if data else None
+
+
+def resolve_dataset_name(identifier: str, dataset: str | None, options: ModelOptions = ModelOptions()) -> str:
     """``dataset`` if given, else the dataset recorded in the model file, else an error."""
     if dataset:
         return dataset
-    recorded = saved_config(identifier).get("dataset")
+    recorded = recorded_dataset(identifier, options)
     if recorded:
-        return str(recorded)
-    raise UsageError(f"say which data to evaluate {identifier!r} on with --dataset (digits, cifar10, cifar100, svhn, imagefolder)")
+        return recorded
+    raise UsageError(f"say which data to evaluate {identifier!r} on with --dataset (see `robustdistill list datasets`)")
 
 
-def describe_model(identifier: str, model: Classifier) -> dict[str, Any]:
-    path = model_file(identifier)
+def describe_model(identifier: str, model: Classifier, options: ModelOptions = ModelOptions()) -> dict[str, Any]:
+    """Architecture, size and the file (with its sha256) behind a model: the evidence of a report."""
     info: dict[str, Any] = {
         "arch": model.spec.arch, "num_classes": model.spec.num_classes, "input_size": list(model.spec.input_size),
         "parameters": count_parameters(model), "source": model.spec.source or identifier,
     }
+    path = model_file(identifier, options)
     if path is not None and path.exists():
         # Bundled files live wherever the package is installed: name them package-relative.
         info["file"] = f"robustdistill/assets/{path.name}" if identifier.startswith("bundled:") else str(path)
@@ -73,18 +78,27 @@ def describe_model(identifier: str, model: Classifier) -> dict[str, Any]:
     return info
 
 
-def open_model(identifier: str | Classifier, splits: DatasetSplits, options: ModelOptions = ModelOptions(), role: str = "model") -> Classifier:
+def open_model(identifier: str | Classifier, splits: DatasetSplits, options: ModelOptions = ModelOptions(),
+               role: str = "model") -> Classifier:
     """Load ``identifier`` for ``splits`` and check it fits the data (classes, channels, size)."""
     hint = splits.info.hint()
     if isinstance(identifier, Classifier):
         model = identifier
     else:
-        model = load_model(
-            identifier, arch=options.arch, num_classes=options.num_classes, weights=options.weights,
-            model_dir=options.model_dir, mean=options.mean, std=options.std, hint=hint,
-        )
+        model = load_model(identifier, arch=options.arch, num_classes=options.num_classes, weights=options.weights,
+                           model_dir=options.model_dir, mean=options.mean, std=options.std, hint=hint)
     check_fits(model, hint, role)
     return model
+
+
+def _check_args(model: Any, batch_size: Any, n_examples: Any, seed: Any) -> None:
+    if not isinstance(model, (str, Classifier)) or (isinstance(model, str) and not model.strip()):
+        raise UsageError(f"model must be a model identifier (str) or a Classifier, not {model!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("n_examples", n_examples, 1), ("seed", seed, 0)):
+        if value is None and name == "n_examples":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_SEED:
+            raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def evaluate(
@@ -94,63 +108,83 @@ def evaluate(
     data_dir: str | Path | None = None,
     split: str | None = None,
     attacks: str | Sequence[str] = ("clean", "pgd"),
-    eps: float | str = 8 / 255,
+    eps: float | str | None = None,
     n_examples: int | None = None,
     batch_size: int = 256,
     device: str | None = None,
     seed: int = 0,
-    pgd_steps: int = 20,
+    pgd_steps: int | None = None,
     step_size: float | str | None = None,
-    options: ModelOptions = ModelOptions(),
+    attack_params: Mapping[str, Any] | None = None,
+    options: ModelOptions | Mapping[str, Any] | None = None,
     download: bool = False,
     image_size: int | None = None,
     splits: DatasetSplits | None = None,
     model_id: str | None = None,
     reuse: bool = True,
 ) -> EvaluationResult:
-    """Evaluate a model with exact per-class results.
+    """Evaluate a model with exact per-class results (the Python twin of ``robustdistill evaluate``).
 
-    With ``reuse`` (the default), an identical evaluation stored earlier - same model file
-    (sha256), data, split, examples and attack settings; see :mod:`robustdistill.eval_cache` -
-    is returned instead of attacking again, and a fresh evaluation of a model file is stored.
+    Args:
+        model: a model identifier (``bundled:digits``, ``robustbench:NAME``, ``timm:NAME``, a file) or a Classifier.
+        eps: L-inf budget in [0, 1] pixel units (``8/255`` or ``0.031``); default: the budget the
+            model was trained at; a model that records none needs it.
+        attacks: names, e.g. ``"clean,pgd,aa"`` (see ``robustdistill list attacks``).
+        pgd_steps, step_size: PGD iterations and the step of PGD and CW (default eps/4).
+        attack_params: other attack parameters as ``<attack>_<parameter>`` (``{"aa_version": "fast"}``).
+        reuse: return an identical stored evaluation instead of attacking again (same model file,
+            data, examples, protocol, batch size and library versions), and store a fresh one.
 
     Example:
-        >>> result = robustdistill.evaluate("bundled:digits", attacks="clean,pgd,aa", eps=0.2)
-        >>> result.summary("aa")["worst_class"]
+        >>> result = robustdistill.evaluate("bundled:digits", attacks="clean,pgd,aa")
+        >>> result.summary("aa").worst_class
     """
-    eps_value = parse_fraction(eps, name="eps")
-    step = parse_fraction(step_size, name="step size") if step_size is not None else None
-    attack_list = parse_attacks(attacks)
-    if n_examples is not None and n_examples <= 0:
-        raise UsageError("--n-examples must be positive")
+    _check_args(model, batch_size, n_examples, seed)
+    opts = model_options(options)
+    budget = model_budget(model, eps, opts)
+    settings = eval_settings(budget, seed, step_size=parse_budget(step_size, "step size") if step_size is not None else None,
+                             pgd_steps=pgd_steps, **dict(attack_params or {}))
+    chosen = settings.attacks(attacks)
     identifier = model if isinstance(model, str) else (model_id or model.spec.source or "model")
-    if splits is None:
-        name = resolve_dataset_name(identifier, dataset) if isinstance(model, str) else (dataset or "")
-        if not name:
-            raise UsageError("say which data to evaluate on with dataset=...")
-        splits = load_dataset(name, data_dir, download=download, image_size=image_size)
-    net = open_model(model, splits, options)
+    splits = splits or _load_splits(model, dataset, data_dir, download, image_size, opts)
+    net = open_model(model, splits, opts)
     dev = select_device(device)
     net.to(dev)
-    split_name = split or splits.default_eval_split
-    settings = EvalSettings(eps=eps_value, pgd_steps=pgd_steps, step_size=step, seed=seed)
-    info = describe_model(identifier, net) if isinstance(model, str) else {
-        "arch": net.spec.arch, "num_classes": net.num_classes, "input_size": list(net.spec.input_size),
-        "parameters": count_parameters(net), "source": net.spec.source}
-    class_names = net.spec.class_names if net.spec.class_names and len(net.spec.class_names) == splits.info.num_classes else splits.info.class_names
-    data = splits.split(split_name).head(n_examples)
-    return eval_cache.evaluate_or_reuse(
-        net, data, class_names, attacks=attack_list, settings=settings, model_id=model_id or identifier,
-        dataset=splits.info.name, model_info=info, reuse=reuse,
+    info = describe_model(identifier, net, opts) if isinstance(model, str) else _describe_object(net)
+    class_names = _class_names(net, splits)
+    data = splits.split(split or splits.default_eval_split).head(n_examples)
+    return evaluate_or_reuse(
+        net, data, class_names, attacks=[a.name for a in chosen], settings=settings, model_id=model_id or identifier,
+        dataset=splits.info.name, model_info=info, reuse=reuse, batch_size=batch_size, device=dev,
         reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
-        batch_size=batch_size, device=dev,
-        state_path=eval_cache.partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
+        state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
     )
 
 
+def _load_splits(model: str | Classifier, dataset: str | None, data_dir: str | Path | None, download: bool,
+                 image_size: int | None, options: ModelOptions) -> DatasetSplits:
+    name = resolve_dataset_name(model, dataset, options) if isinstance(model, str) else (dataset or model.spec.dataset)
+    if not name:
+        raise UsageError("say which data to evaluate on with --dataset (dataset=... in Python)")
+    return load_dataset(name, data_dir, download=download, image_size=image_size)
+
+
+def _describe_object(net: Classifier) -> dict[str, Any]:
+    return {"arch": net.spec.arch, "num_classes": net.num_classes, "input_size": list(net.spec.input_size),
+            "parameters": count_parameters(net), "source": net.spec.source}
+
+
+def _class_names(net: Classifier, splits: DatasetSplits) -> tuple[str, ...]:
+    names = net.spec.class_names
+    return tuple(names) if names and len(names) == splits.info.num_classes else tuple(splits.info.class_names)
+
+
 def load_report(path: str | Path) -> EvaluationResult:
-    """Read a report.json written by ``evaluate`` back into an :class:`EvaluationResult`."""
-    data = json.loads(Path(path).read_text())
-    if "per_sample" not in data:
-        raise UsageError(f"{path} is not an evaluation report.json written by robustdistill")
-    return EvaluationResult.from_dict(data)
+    """Read a report.json written by ``evaluate --out`` back into an :class:`EvaluationResult`."""
+    from .reports import read_evaluation
+
+    return read_evaluation(Path(path))
+
+
+__all__ = ["describe_model", "evaluate", "load_report", "model_budget", "model_options", "open_model",
+           "recorded_dataset", "resolve_dataset_name"]

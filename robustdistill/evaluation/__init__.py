@@ -1,0 +1,17 @@
+"""Evaluation with one boolean per sample per attack, so per-class numbers are exact.
+
+* :mod:`~robustdistill.evaluation.attacks` - the attack objects (clean, FGSM, PGD, CW-inf,
+  AutoAttack) and :class:`EvalSettings`, the protocol;
+* :mod:`~robustdistill.evaluation.runner` - :func:`evaluate_model`, resumable after a kill;
+* :mod:`~robustdistill.evaluation.result` - :class:`EvaluationResult`, the typed result;
+* :mod:`~robustdistill.evaluation.cache` - reuse of identical stored evaluations.
+"""
+
+from .attacks import ATTACKS, EvalAttack, EvalSettings, attack_names, eval_settings, register_attack
+from .result import EvaluationResult
+from .runner import evaluate_model
+
+__all__ = [
+    "ATTACKS", "EvalAttack", "EvalSettings", "EvaluationResult", "attack_names", "eval_settings", "evaluate_model",
+    "register_attack",
+]
