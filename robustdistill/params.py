@@ -23,6 +23,11 @@ def require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def hyperparameter(default: Any, help: str = "", aliases: tuple[str, ...] = ()) -> Any:
+    """A parameters-dataclass field with a help line and older option names (``aliases``) for the CLI."""
+    return dataclasses.field(default=default, metadata={"help": help, "aliases": aliases})
+
+
 def field_types(params_cls: type) -> dict[str, Any]:
     """``{field name: resolved type}`` of a parameters dataclass."""
     hints = typing.get_type_hints(params_cls)

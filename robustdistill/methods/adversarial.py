@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import ce_loss, pgd, full_precision
-from ..params import require
+from ..params import hyperparameter, require
 from .spec import AttackMode, register_method
 from .base import AttackOutput, Strategy, soft_kl, weighted_mean
 
@@ -82,7 +82,7 @@ class TRADES(Strategy):
     class Params:
         """beta: weight of the robustness (KL) term."""
 
-        beta: float = 6.0
+        beta: float = hyperparameter(6.0, "TRADES: weight of the robustness KL term", aliases=("trades_beta",))
 
         def __post_init__(self) -> None:
             require(self.beta >= 0, f"trades: beta must be >= 0, got {self.beta}")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..attacks import ce_loss, pgd
-from ..params import require
+from ..params import hyperparameter, require
 from .spec import AttackMode, register_method
 from .base import AttackOutput, AttackSettings, Strategy, frozen_logits, soft_kl, weighted_mean
 
@@ -59,8 +59,8 @@ class ARD(Strategy):
     class Params:
         """alpha: weight of the adversarial KD term (1 - alpha on clean CE); tau: temperature."""
 
-        alpha: float = 1.0
-        tau: float = 30.0
+        alpha: float = hyperparameter(1.0, "weight of the adversarial distillation term (1 - alpha on clean CE)")
+        tau: float = hyperparameter(30.0, "distillation temperature", aliases=("temperature",))
 
         def __post_init__(self) -> None:
             require(0.0 <= self.alpha <= 1.0, f"ard: alpha must be in [0, 1], got {self.alpha}")

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..attacks import full_precision
 from ..errors import UsageError
-from ..params import as_dict, require  # noqa: F401 - require is re-exported for method modules
+from ..params import as_dict
 from .spec import AttackMode, MethodSpec
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..attacks import ce_loss, full_precision
 from .ard import student_ce_attack
-from ..params import require
+from ..params import hyperparameter, require
 from .spec import AttackMode, register_method
 from .base import AttackOutput, Strategy, frozen_logits, soft_kl, weighted_mean
 
@@ -58,8 +58,8 @@ class IAD(Strategy):
 
         alpha: float = 1.0
         tau: float = 1.0
-        beta_iad: float = 0.1
-        begin: float = 0.3
+        beta_iad: float = hyperparameter(0.1, "IAD: exponent of the teacher reliability", aliases=("iad_beta",))
+        begin: float = hyperparameter(0.3, "IAD: fraction of the run after which introspection starts", aliases=("iad_begin",))
 
         def __post_init__(self) -> None:
             require(0.0 <= self.alpha <= 1.0, f"iad: alpha must be in [0, 1], got {self.alpha}")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..attacks import ce_loss, full_precision
-from ..params import require
+from ..params import hyperparameter, require
 from .spec import AttackMode, register_method
 from .base import AttackOutput, Strategy, soft_kl, weighted_mean
 
@@ -67,7 +67,7 @@ class KDIGA(Strategy):
 
         alpha: float = 0.5
         tau: float = 1.0
-        gamma: float = 0.5
+        gamma: float = hyperparameter(0.5, "KDIGA: weight of the input-gradient alignment")
 
         def __post_init__(self) -> None:
             require(0.0 <= self.alpha <= 1.0, f"kdiga: alpha must be in [0, 1], got {self.alpha}")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import pgd, full_precision
-from ..params import require
+from ..params import hyperparameter, require
 from .spec import AttackMode, register_method
 from .base import AttackOutput, Strategy, frozen_logits, soft_kl, weighted_mean
 
@@ -53,7 +53,7 @@ class RSLAD(Strategy):
         """alpha: weight of the adversarial KL (1 - alpha on the natural KL); kl_scale: overall factor."""
 
         alpha: float = 5 / 6
-        kl_scale: float = 1.0
+        kl_scale: float = hyperparameter(1.0, "RSLAD: overall factor of both KL terms (10 in the released CIFAR-100 code)")
 
         def __post_init__(self) -> None:
             require(0.0 <= self.alpha <= 1.0, f"rslad: alpha must be in [0, 1], got {self.alpha}")

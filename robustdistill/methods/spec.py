@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, TypeVar
 
 from ..errors import UsageError, did_you_mean
-from ..params import defaults, require
+from ..params import defaults, hyperparameter, require
 from ..registry import Registry
 
 FAIR_PREFIX = "fair-"
@@ -118,11 +118,11 @@ def _check_no_clash_with_fair(name: str, params: type) -> None:
 class FairParams:
     """Fair-ARD hyperparameters (released-code defaults)."""
 
-    beta: float = 2.0
-    clip_min: float = 5 / 6
-    clip_max: float = 5 / 2
-    eps_floor: float = 1e-5
-    kappa_steps: int = 10
+    beta: float = hyperparameter(2.0, "Fair-ARD: sharpness of the class reweighting (0 = the base method)")
+    clip_min: float = hyperparameter(5 / 6, "Fair-ARD: lower bound of the class weights")
+    clip_max: float = hyperparameter(5 / 2, "Fair-ARD: upper bound of the class weights")
+    eps_floor: float = hyperparameter(1e-5, "Fair-ARD: the 1e-5 in (kappa + 1e-5)^-beta")
+    kappa_steps: int = hyperparameter(10, "Fair-KD/Fair-KDIGA: PGD steps that measure class difficulty")
 
     def __post_init__(self) -> None:
         require(self.beta >= 0, f"fair: beta must be >= 0, got {self.beta}")
