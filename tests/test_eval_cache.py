@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustdistill import eval_cache
+from robustdistill.evaluation import cache as eval_cache
 from robustdistill.api import describe_model
 from robustdistill.data import load_dataset
-from robustdistill.evaluation import EvalSettings, evaluate_model
+from robustdistill.evaluation import EvalSettings, eval_settings, evaluate_model
 from robustdistill.models import build_student, load_model, save_classifier
 
 
@@ -42,40 +42,48 @@ def _evaluate(model_id: str, digits, settings: EvalSettings):
 
 
 def test_store_then_lookup_returns_the_same_per_sample_results(cache: Path, model_file: str, digits) -> None:
-    settings = EvalSettings(eps=0.2, pgd_steps=2)
+    settings = eval_settings(0.2, pgd_steps=2)
     result, split = _evaluate(model_file, digits, settings)
     assert eval_cache.store(result) is not None and len(list(cache.glob("*.json"))) == 1
-    found = eval_cache.lookup(model_file, result.model_info["sha256"], "digits", split.name, split.labels, settings, ["clean", "pgd"])
-    assert found is not None and found.model_info["reused_evaluation"].endswith(".json")
+    found = eval_cache.lookup(model_file, result.model_info["sha256"], split, "digits", settings,
+                              settings.attacks(["clean", "pgd"]), 256)
+    assert found is not None and all(p["source"].endswith(".json") for p in found.provenance.values())
     for attack in ("clean", "pgd"):
         assert torch.equal(found.correct[attack], result.correct[attack])
-    only_clean = eval_cache.lookup(model_file, result.model_info["sha256"], "digits", split.name, split.labels, settings, ["clean"])
+    only_clean = eval_cache.lookup(model_file, result.model_info["sha256"], split, "digits", settings,
+                                   settings.attacks(["clean"]), 256)
     assert only_clean is not None and list(only_clean.correct) == ["clean"]
 
 
 def test_anything_different_is_not_reused(cache: Path, model_file: str, digits) -> None:
-    settings = EvalSettings(eps=0.2, pgd_steps=2)
+    settings = eval_settings(0.2, pgd_steps=2)
     result, split = _evaluate(model_file, digits, settings)
     eval_cache.store(result)
     sha = result.model_info["sha256"]
-    ask = lambda **kw: eval_cache.lookup(model_file, kw.get("sha", sha), "digits", split.name, kw.get("labels", split.labels),  # noqa: E731
-                                         kw.get("settings", settings), kw.get("attacks", ["clean", "pgd"]))
+    def ask(**kw):
+        data = split if "labels" not in kw else type(split)(split.name, split.images, kw["labels"])
+        chosen = kw.get("settings", settings)
+        return eval_cache.lookup(model_file, kw.get("sha", sha), data, "digits", chosen,
+                                 chosen.attacks(kw.get("attacks", ["clean", "pgd"])), kw.get("batch_size", 256))
+
     assert ask(sha="0" * 64) is None
-    assert ask(settings=EvalSettings(eps=0.1, pgd_steps=2)) is None
-    assert ask(settings=EvalSettings(eps=0.2, pgd_steps=2, seed=1)) is None
-    assert ask(settings=EvalSettings(eps=0.2, pgd_steps=3)) is None
+    assert ask(settings=eval_settings(0.1, pgd_steps=2)) is None
+    assert ask(settings=eval_settings(0.2, 1, pgd_steps=2)) is None
+    assert ask(settings=eval_settings(0.2, pgd_steps=3)) is None
     assert ask(labels=split.labels.flip(0)) is None
     assert ask(attacks=["clean", "pgd", "aa"]) is None
+    assert ask(batch_size=32) is None  # each batch has its own random start: another batch size is another experiment
     assert ask() is not None
 
 
 def test_cache_off_and_damaged_entries(cache: Path, model_file: str, digits, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = EvalSettings(eps=0.2, pgd_steps=2)
+    settings = eval_settings(0.2, pgd_steps=2)
     result, split = _evaluate(model_file, digits, settings)
     path = eval_cache.store(result)
     assert path is not None
     path.write_text("{not json")
-    assert eval_cache.lookup(model_file, result.model_info["sha256"], "digits", split.name, split.labels, settings, ["clean"]) is None
+    assert eval_cache.lookup(model_file, result.model_info["sha256"], split, "digits", settings,
+                             settings.attacks(["clean"]), 256) is None
     monkeypatch.setenv("ROBUSTDISTILL_CACHE", "off")
     assert eval_cache.store(result) is None
 
@@ -84,9 +92,11 @@ def test_bundled_teacher_reuses_its_shipped_evaluation(cache: Path, digits) -> N
     model = load_model("bundled:digits")
     info = describe_model("bundled:digits", model)
     split = digits.test
-    found = eval_cache.lookup("bundled:digits", info["sha256"], "digits", "test", split.labels, EvalSettings(eps=0.2), ["clean", "pgd", "aa"])
-    assert found is not None and "shipped" in found.model_info["reused_evaluation"]
-    assert found.summary("aa")["accuracy"] <= found.summary("pgd")["accuracy"]
+    settings = eval_settings(0.2)
+    found = eval_cache.lookup("bundled:digits", info["sha256"], split, "digits", settings,
+                              settings.attacks(["clean", "pgd", "aa"]), 256)
+    assert found is not None and all("shipped" in p["source"] for p in found.provenance.values())
+    assert found.accuracy("aa") <= found.accuracy("pgd")
 
 
 def test_distill_attacks_its_teacher_once(cache: Path, model_file: str, tmp_path: Path) -> None:
@@ -96,8 +106,8 @@ def test_distill_attacks_its_teacher_once(cache: Path, model_file: str, tmp_path
     distill(model_file, "tiny_cnn", "ard", out=str(tmp_path / "a"), **common)
     second = distill(model_file, "tiny_cnn", "rslad", out=str(tmp_path / "b"), **common)
     reports = [json.loads((tmp_path / r / "report.json").read_text()) for r in ("a", "b")]
-    assert "reused_evaluation" not in reports[0]["teacher"]["model"]
-    assert reports[1]["teacher"]["model"]["reused_evaluation"].endswith(".json")
+    assert {p["source"] for p in reports[0]["teacher"]["provenance"].values()} == {"computed"}
+    assert all(p["source"].endswith(".json") for p in reports[1]["teacher"]["provenance"].values())
     assert reports[0]["teacher"]["per_sample"] == reports[1]["teacher"]["per_sample"]
     assert second.teacher is not None
 
@@ -106,12 +116,13 @@ def test_evaluate_reuses_and_fresh_attacks_again(cache: Path, model_file: str) -
     from robustdistill import evaluate
 
     first = evaluate(model_file, attacks="clean,pgd", n_examples=30, pgd_steps=2)
-    assert "reused_evaluation" not in first.model_info
+    assert first.provenance["pgd"]["source"] == "computed"
     second = evaluate(model_file, attacks="clean,pgd", n_examples=30, pgd_steps=2)
-    assert second.model_info["reused_evaluation"].endswith(".json")
+    assert second.provenance["pgd"]["source"].endswith(".json")
+    assert second.provenance["pgd"]["computed"] == first.provenance["pgd"]["computed"]
     assert torch.equal(second.correct["pgd"], first.correct["pgd"])
     third = evaluate(model_file, attacks="clean,pgd", n_examples=30, pgd_steps=2, reuse=False)
-    assert "reused_evaluation" not in third.model_info
+    assert third.provenance["pgd"]["source"] == "computed"
 
 
 def test_fairness_report_reuses_the_bundled_teacher_evaluation(cache: Path, model_file: str) -> None:
@@ -122,3 +133,33 @@ def test_fairness_report_reuses_the_bundled_teacher_evaluation(cache: Path, mode
     teacher = comparison["models"][0]
     assert "shipped" in teacher["info"]["reused_evaluation"]
     assert teacher["results"]["pgd"]["n"] == 360
+
+
+def test_another_library_version_is_a_miss(cache: Path, model_file: str, digits) -> None:
+    """A result computed with another torch or pyautoattack is another experiment: never reused."""
+    import dataclasses
+
+    settings = eval_settings(0.2, pgd_steps=2)
+    result, split = _evaluate(model_file, digits, settings)
+    older = dataclasses.replace(result, implementations={a: i.replace(torch.__version__, "2.9.0")
+                                                         for a, i in result.implementations.items()})
+    eval_cache.store(older)
+    assert eval_cache.lookup(model_file, result.model_info["sha256"], split, "digits", settings,
+                             settings.attacks(["clean", "pgd"]), 256) is None
+    eval_cache.store(result)
+    assert eval_cache.lookup(model_file, result.model_info["sha256"], split, "digits", settings,
+                             settings.attacks(["clean", "pgd"]), 256) is not None
+
+
+def test_stored_attacks_accumulate(cache: Path, model_file: str, digits) -> None:
+    """Evaluating more attacks later keeps the ones stored before (one entry per model, data and protocol)."""
+    settings = eval_settings(0.2, pgd_steps=2)
+    model = load_model(model_file)
+    split = digits.test.head(40)
+    info = describe_model(model_file, model)
+    for attacks in (("clean", "pgd"), ("clean", "fgsm")):
+        eval_cache.store(evaluate_model(model, split, digits.info.class_names, attacks=attacks, settings=settings,
+                                        model_id=model_file, dataset="digits", model_info=info))
+    both = eval_cache.lookup(model_file, info["sha256"], split, "digits", settings,
+                             settings.attacks(["clean", "fgsm", "pgd"]), 256)
+    assert both is not None and list(both.correct) == ["clean", "fgsm", "pgd"]

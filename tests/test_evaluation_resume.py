@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from robustdistill import attacks as atk
-from robustdistill import evaluation
 from robustdistill.data import load_dataset
-from robustdistill.evaluation import EvalSettings, evaluate_model
+from robustdistill.evaluation import eval_settings, evaluate_model
+from robustdistill.evaluation.attacks import FGSM
 from robustdistill.models import build_student
 
-SETTINGS = EvalSettings(eps=0.2, pgd_steps=3)
+SETTINGS = eval_settings(0.2, pgd_steps=3)
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,20 @@ def test_gradient_attacks_resume_bit_identical(setup, tmp_path: Path, monkeypatc
     reference = run(model, splits, None)
     state = tmp_path / ".eval.partial.json"
     calls = {"n": 0}
-    original = evaluation._batch_correct
+    original = FGSM.correct
 
     def dies_on_third_batch(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2 * 2 + 1:  # fgsm+pgd per batch: the first attack of batch 3
+        if calls["n"] == 3:  # FGSM on batch 3 (clean has run on every batch; PGD has not started)
             raise Killed()
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "_batch_correct", dies_on_third_batch)
+    monkeypatch.setattr(FGSM, "correct", dies_on_third_batch)
     with pytest.raises(Killed):
         run(model, splits, state)
     saved = json.loads(state.read_text())
-    assert sorted(saved["done"]["gradient"]) == [0, 1]
-    monkeypatch.setattr(evaluation, "_batch_correct", original)
+    assert saved["done"] == {"clean": [0, 1, 2, 3], "fgsm": [0, 1], "pgd": []}
+    monkeypatch.setattr(FGSM, "correct", original)
     resumed = run(model, splits, state)
     for attack in ("clean", "fgsm", "pgd"):
         assert torch.equal(resumed.correct[attack], reference.correct[attack]), attack
@@ -86,8 +86,9 @@ def test_autoattack_resumes_per_chunk(setup, tmp_path: Path, monkeypatch: pytest
 def test_state_of_another_evaluation_is_ignored(setup, tmp_path: Path) -> None:
     model, splits = setup
     state = tmp_path / ".eval.partial.json"
-    state.write_text(json.dumps({"fingerprint": "someone else", "done": {"gradient": [0, 1, 2, 3], "aa": []},
-                                 "correct": {"clean": "0" * 100}, "seconds": {}}))
+    state.write_text(json.dumps({"fingerprint": "someone else", "done": {"clean": [0, 1, 2, 3], "fgsm": [], "pgd": []},
+                                 "correct": {"clean": "0" * 100, "fgsm": "0" * 100, "pgd": "0" * 100},
+                                 "seconds": {"clean": 0.0, "fgsm": 0.0, "pgd": 0.0}}))
     result = run(model, splits, state)
     assert result.accuracy("clean") == run(model, splits, None).accuracy("clean")
     assert not state.exists()
