@@ -32,7 +32,7 @@ from . import attacks as atk
 from ._utils import atomic_write_json, derive_seed, forked_rng, format_fraction
 from .data import Split
 from .errors import UsageError, did_you_mean
-from .metrics import summarize
+from .metrics import AttackSummary, summarize
 from .progress import Progress, make_progress
 
 ATTACKS = ("clean", "fgsm", "pgd", "cw", "aa")
@@ -91,7 +91,7 @@ class EvaluationResult:
     def n_examples(self) -> int:
         return int(self.labels.numel())
 
-    def summary(self, attack: str) -> dict[str, Any]:
+    def summary(self, attack: str) -> AttackSummary:
         return summarize(self.correct[attack], self.labels, self.class_names)
 
     def accuracy(self, attack: str) -> float:
@@ -111,7 +111,7 @@ class EvaluationResult:
             },
             "settings": {**asdict(self.settings), "step_size": self.settings.step, "eps_str": format_fraction(self.settings.eps),
                          "attacks": {a: self.settings.describe(a) for a in self.correct}},
-            "results": {a: self.summary(a) for a in self.correct},
+            "results": {a: self.summary(a).to_dict() for a in self.correct},
             "seconds": self.seconds,
             "per_sample": {
                 "labels": self.labels.tolist(),
