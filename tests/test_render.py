@@ -200,6 +200,10 @@ def test_run_markdown_first_line(comparison: Comparison, teacher, student) -> No
     assert md.splitlines()[0] == ("# Distillation report: fair-iad, bundled:toy → tiny_cnn on toy "
                                   "(test split, n = 40, L∞ eps 8/255)")
     assert "## Student" in md and "## Teacher" in md and "fairness.md" in md and "eps_str" not in md
+    alone = render.run_markdown(RunHeader("at", None, "small_cnn", 3, 0, "last epoch (3)"), student)
+    assert alone.splitlines()[0] == ("# Distillation report: at, no teacher (adversarial training) → small_cnn on toy "
+                                     "(test split, n = 40, L∞ eps 8/255)")
+    assert "Teacher-free adversarial training of `small_cnn`, 3 epochs" in alone and "None" not in alone
 
 
 def test_rich_titles_state_models_data_n_and_eps(comparison: Comparison, teacher) -> None:

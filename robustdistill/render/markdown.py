@@ -138,7 +138,8 @@ def run_markdown(header: RunHeader, student: EvaluationResult, teacher: Evaluati
     provenance = provenance or {}
     origin = header.teacher or "no teacher (adversarial training)"
     lines = [f"# Distillation report: {header.method}, {origin} → {header.student} on {result_scope(student)}", "",
-             f"Teacher `{header.teacher}` → student `{header.student}`, {header.epochs} epochs, seed {header.seed}. "
+             (f"Teacher `{header.teacher}` → student `{header.student}`" if header.teacher else
+              f"Teacher-free adversarial training of `{header.student}`") + f", {header.epochs} epochs, seed {header.seed}. "
              f"Model selection: {header.selection}; validation on a split carved from the training data, the test split "
              "is used only here.", "", evaluation_markdown(student, "Student", provenance.get("student"))]
     if teacher is not None:
