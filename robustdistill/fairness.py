@@ -1,13 +1,15 @@
-"""Robust fairness: does a student inherit its teacher's robustness evenly across classes?
+"""Robust fairness: does a student inherit its teacher's robustness evenly across classes? (numbers only)
 
 The first model handed to :func:`compare` is the *reference* (usually the teacher); every other
 model is a *student* compared with it, attack by attack. All numbers come from per-sample
-results (:class:`~robustdistill.evaluation.EvaluationResult`), so they are exact.
+results (:class:`~robustdistill.evaluation.EvaluationResult`), so they are exact. Sentences,
+tables, files and plots are made from a :class:`Comparison` by :mod:`robustdistill.render`;
+loading report.json files and evaluating models for a comparison is :mod:`robustdistill.reports`.
 
-Per model and attack (the same dict as ``results[attack]`` in an evaluation report.json, see
-:func:`robustdistill.metrics.summarize`): overall accuracy, per-class accuracy, worst and best
-class, ``gap`` = best - worst, ``nsd`` = population std (ddof=0) of the class accuracies over their
-unweighted mean, 95 % Wilson intervals.
+Per model and attack (an :class:`~robustdistill.metrics.AttackSummary`, the same as
+``results[attack]`` in an evaluation report.json): overall accuracy, per-class accuracy, worst and
+best class, ``gap`` = best - worst, ``nsd`` = population std (ddof=0) of the class accuracies over
+their unweighted mean, 95 % Wilson intervals.
 
 Per student and attack, against the reference (``r`` = reference, ``s`` = student, ``acc`` =
 overall accuracy, ``acc_c`` = accuracy on class ``c``, ``worst`` = the model's own worst class):
@@ -22,17 +24,21 @@ overall accuracy, ``acc_c`` = accuracy on class ``c``, ``worst`` = the model's o
 * ``average_loss`` = ``r.acc - s.acc``; ``classes_losing_more`` counts the classes whose loss
   ``r.acc_c - s.acc_c`` is strictly larger than ``average_loss``. The comparison uses exact
   fractions of the hit counts, so ties are not decided by rounding.
-* ``nsd`` and ``gap``: reference, student and ``delta`` = student - reference (positive = less even).
-* ``verdict``: one or two plain sentences, e.g. "student keeps 93% of teacher's average PGD-20
-  robustness (45.0% vs 48.4%) but only 61% on its worst class, cat (12.0% vs 19.7%)." followed by
-  the profile (Pearson r, classes losing more than average, NSD). "but only" is used when the
-  worst-class ratio is more than 5 points below the average ratio, "and" otherwise; "keeps"
-  becomes "reaches" above 100 %.
+* ``nsd`` and ``gap``: reference, student, ``delta`` = student - reference (positive = less even)
+  and ``ci95``, a 95 % interval of ``delta`` from a class-stratified paired bootstrap
+  (:func:`~robustdistill.metrics.spread_change_interval`: 2000 redraws, seed 0).
+* Paired tests on the per-sample flags (:func:`~robustdistill.metrics.paired_test`): exact
+  McNemar p-value and Newcombe's 95 % interval of the difference, for the overall accuracy
+  (``accuracy_test``; its interval is also ``accuracy.ci95``), for the reference's worst class
+  and the student's own worst class (``worst_class_tests``) and for every class
+  (``per_class_tests``). The worst classes are picked after seeing the results, so their
+  p-values are not corrected for that choice.
 
-The headline attack (whose verdict is the comparison's ``verdict``) is ``aa`` if present, else
+The headline attack (:func:`~robustdistill.metrics.headline_attack`) is ``aa`` if present, else
 ``pgd``, else the non-clean attack on which the reference is least accurate, else ``clean``.
 
-fairness.json (schema ``robustdistill/fairness@1``)::
+fairness.json (schema ``robustdistill/fairness@1``; written by :mod:`robustdistill.render`, which
+adds the ``verdict`` sentences)::
 
     schema, created, versions
     reference: label of the reference model;  headline_attack: attack name
@@ -40,42 +46,37 @@ fairness.json (schema ``robustdistill/fairness@1``)::
     settings: {eps, eps_str, attacks: {attack: parameters}}     (shared by every model)
     models: [{label, role: reference|student, id, seed, info, results: {attack: summary}}]
     comparisons: [{label, reference, verdict, attacks: {attack: {
-        accuracy: {reference, student, delta}, inherited_average, inherited_worst,
+        accuracy: {reference, student, delta, ci95}, inherited_average, inherited_worst,
         worst_class: {reference: {index, name, accuracy}, student: {...}},
         student_on_reference_worst, per_class_delta: [..], pearson, spearman,
-        average_loss, classes_losing_more: {count, of, names}, nsd: {reference, student, delta},
-        gap: {reference, student, delta}, verdict}}}]
+        average_loss, classes_losing_more: {count, of, names}, nsd: {reference, student, delta, ci95},
+        gap: {reference, student, delta, ci95}, verdict,
+        accuracy_test: test, worst_class_tests: {reference: {index, name, **test}, student: {...}},
+        per_class_tests: [test or null]}}}]
+        (test = {n, both, reference_only, student_only, neither, delta, ci95, p_value})
     definitions: {name: one-line definition}
 
+Keys added since the first version of @1 (``ci95`` in accuracy/nsd/gap and the three ``*_test(s)``
+keys) are optional when reading: :meth:`Comparison.from_dict` reads older files with them None.
 Accuracies are fractions in [0, 1]; Markdown, tables and plots show percentages.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from rich.table import Table
-from rich.text import Text
+import torch
 
-from ._utils import atomic_write_json, atomic_write_text, format_fraction, versions
+from ._utils import format_fraction, versions
 from .errors import UsageError
 from .evaluation import ATTACKS, EvalSettings, EvaluationResult, parse_attacks
-from .report import attack_label, class_order, figure_size, pct, plot_per_class, save_figure
-
-if TYPE_CHECKING:
-    from .api import ModelOptions
+from .metrics import AttackSummary, ClassScore, PairedTest, headline_attack, paired_test, spread_change_interval
 
 SCHEMA = "robustdistill/fairness@1"
-EVALUATION_SCHEMA = "robustdistill/evaluation@1"
-DISTILL_SCHEMA = "robustdistill/distill@1"
-SELECTORS = ("student", "teacher")
-BUT_ONLY_MARGIN = 0.05  # worst-class ratio this far below the average ratio reads as "but only"
 
 DEFINITIONS = {
     "accuracy": "overall fraction of the examples classified correctly (robust: correct clean and under the attack)",
@@ -89,6 +90,16 @@ DEFINITIONS = {
     "spearman": "Spearman rank correlation (average ranks for ties) of per-class accuracies",
     "average_loss": "reference accuracy - student accuracy",
     "classes_losing_more": "classes whose (reference - student) accuracy exceeds average_loss, compared exactly",
+    "accuracy_test": "paired test of student vs reference on the same examples: exact McNemar p-value (two-sided "
+                     "binomial test on the examples exactly one model gets right) and ci95 = Newcombe's square-and-add "
+                     "95% interval (1998, method 10) of student - reference accuracy",
+    "worst_class_tests": "the same paired test on the examples of the reference's worst class and of the student's own "
+                         "worst class (classes picked after seeing the results: p-values not corrected for that choice)",
+    "per_class_tests": "the same paired test on the examples of each class (null for absent classes)",
+    "ci95": "95% interval of a change: Newcombe (accuracy); paired bootstrap stratified by class, 2000 redraws, "
+            "seed 0, percentile interval (nsd, gap)",
+    "within_noise": "a change whose exact McNemar test has p >= 0.05 (nsd, gap: whose ci95 contains 0); the test "
+                    "decides, as the Newcombe interval is approximate and can just exclude 0 at a borderline p",
 }
 
 
@@ -132,6 +143,10 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))
 
 
 # --------------------------------------------------------------------------- compatibility
@@ -219,107 +234,359 @@ def check_compatible(entries: Sequence[tuple[str, EvaluationResult]], attacks: S
     return chosen
 
 
+# --------------------------------------------------------------------------- result types
+@dataclass(frozen=True)
+class Change:
+    """A number of the reference and of the student, ``delta`` = student - reference, and its 95 % interval."""
+
+    reference: float | None
+    student: float | None
+    delta: float | None
+    ci95: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"reference": self.reference, "student": self.student, "delta": self.delta, "ci95": self.ci95}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Change":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(data.get("reference"), data.get("student"), data.get("delta"), _interval(data.get("ci95")))
+
+
+@dataclass(frozen=True)
+class LosingMore:
+    """The classes that lost more than the overall loss (``count`` of the ``of`` present classes)."""
+
+    count: int
+    of: int
+    names: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"count": self.count, "of": self.of, "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LosingMore":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(int(data["count"]), int(data["of"]), tuple(data["names"]))
+
+
+@dataclass(frozen=True)
+class WorstClasses:
+    """Each model's own worst class."""
+
+    reference: ClassScore
+    student: ClassScore
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"reference": self.reference.to_dict(), "student": self.student.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "WorstClasses":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(ClassScore.from_dict(data["reference"]), ClassScore.from_dict(data["student"]))
+
+
+@dataclass(frozen=True)
+class ClassTest:
+    """A :class:`~robustdistill.metrics.PairedTest` on the examples of one class."""
+
+    index: int
+    name: str
+    test: PairedTest
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"index": self.index, "name": self.name, **self.test.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ClassTest":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(int(data["index"]), str(data["name"]), PairedTest.from_dict(data))
+
+
+def _class_test_or_none(data: Mapping[str, Any] | None) -> ClassTest | None:
+    return None if data is None else ClassTest.from_dict(data)
+
+
+def _test_or_none(data: Mapping[str, Any] | None) -> PairedTest | None:
+    return None if data is None else PairedTest.from_dict(data)
+
+
+@dataclass(frozen=True)
+class AttackComparison:
+    """One student against the reference under one attack (see the module docstring for each field).
+
+    The paired-test fields are None only for comparisons read from a fairness.json written before
+    they existed.
+    """
+
+    accuracy: Change
+    inherited_average: float | None
+    inherited_worst: float | None
+    worst_class: WorstClasses
+    student_on_reference_worst: float | None
+    per_class_delta: tuple[float | None, ...]
+    pearson: float | None
+    spearman: float | None
+    average_loss: float | None
+    classes_losing_more: LosingMore
+    nsd: Change
+    gap: Change
+    accuracy_test: PairedTest | None = None
+    reference_worst_test: ClassTest | None = None
+    student_worst_test: ClassTest | None = None
+    per_class_tests: tuple[PairedTest | None, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers (the ``verdict`` sentence is added by :mod:`robustdistill.render`)."""
+        return {
+            "accuracy": self.accuracy.to_dict(), "inherited_average": self.inherited_average,
+            "inherited_worst": self.inherited_worst, "worst_class": self.worst_class.to_dict(),
+            "student_on_reference_worst": self.student_on_reference_worst, "per_class_delta": list(self.per_class_delta),
+            "pearson": self.pearson, "spearman": self.spearman, "average_loss": self.average_loss,
+            "classes_losing_more": self.classes_losing_more.to_dict(), "nsd": self.nsd.to_dict(), "gap": self.gap.to_dict(),
+            "accuracy_test": None if self.accuracy_test is None else self.accuracy_test.to_dict(),
+            "worst_class_tests": {k: None if t is None else t.to_dict()
+                                  for k, t in (("reference", self.reference_worst_test), ("student", self.student_worst_test))},
+            "per_class_tests": None if self.per_class_tests is None else
+            [None if t is None else t.to_dict() for t in self.per_class_tests],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AttackComparison":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        worst_tests = data.get("worst_class_tests") or {}
+        per_class = data.get("per_class_tests")
+        return cls(
+            accuracy=Change.from_dict(data["accuracy"]), inherited_average=data.get("inherited_average"),
+            inherited_worst=data.get("inherited_worst"), worst_class=WorstClasses.from_dict(data["worst_class"]),
+            student_on_reference_worst=data.get("student_on_reference_worst"), per_class_delta=tuple(data["per_class_delta"]),
+            pearson=data.get("pearson"), spearman=data.get("spearman"), average_loss=data.get("average_loss"),
+            classes_losing_more=LosingMore.from_dict(data["classes_losing_more"]), nsd=Change.from_dict(data["nsd"]),
+            gap=Change.from_dict(data["gap"]), accuracy_test=_test_or_none(data.get("accuracy_test")),
+            reference_worst_test=_class_test_or_none(worst_tests.get("reference")),
+            student_worst_test=_class_test_or_none(worst_tests.get("student")),
+            per_class_tests=None if per_class is None else tuple(_test_or_none(t) for t in per_class),
+        )
+
+
+@dataclass(frozen=True)
+class StudentComparison:
+    """One student against the reference, per attack."""
+
+    label: str
+    reference: str
+    attacks: Mapping[str, AttackComparison]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"label": self.label, "reference": self.reference, "attacks": {a: c.to_dict() for a, c in self.attacks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StudentComparison":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(data["label"], data["reference"], {a: AttackComparison.from_dict(c) for a, c in data["attacks"].items()})
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One compared model: its label, role (``reference`` or ``student``), evidence and per-attack summaries."""
+
+    label: str
+    role: str
+    id: str
+    seed: int
+    info: Mapping[str, Any]
+    results: Mapping[str, AttackSummary]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"label": self.label, "role": self.role, "id": self.id, "seed": self.seed, "info": dict(self.info),
+                "results": {a: s.to_dict() for a, s in self.results.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelEntry":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(data["label"], data["role"], data["id"], int(data["seed"]), dict(data.get("info", {})),
+                   {a: AttackSummary.from_dict(s) for a, s in data["results"].items()})
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The examples every compared model was evaluated on."""
+
+    dataset: str
+    split: str
+    n_examples: int
+    class_names: tuple[str, ...]
+    class_counts: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"dataset": self.dataset, "split": self.split, "n_examples": self.n_examples,
+                "class_names": list(self.class_names), "class_counts": list(self.class_counts)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DataInfo":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(data["dataset"], data["split"], int(data["n_examples"]), tuple(data["class_names"]),
+                   tuple(int(c) for c in data["class_counts"]))
+
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    """The L∞ budget and each compared attack's parameters (shared by every model)."""
+
+    eps: float
+    attacks: Mapping[str, Mapping[str, Any]]
+
+    @property
+    def eps_str(self) -> str:
+        """The budget as written (0.2, 8/255)."""
+        return format_fraction(self.eps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"eps": self.eps, "eps_str": self.eps_str, "attacks": {a: dict(p) for a, p in self.attacks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ComparisonSettings":
+        """Rebuild from :meth:`to_dict` output (or its JSON)."""
+        return cls(float(data["eps"]), {a: dict(p) for a, p in data["attacks"].items()})
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every student against the reference (``models[0]``), per attack: the content of fairness.json."""
+
+    reference: str
+    headline_attack: str
+    data: DataInfo
+    settings: ComparisonSettings
+    models: tuple[ModelEntry, ...]
+    comparisons: tuple[StudentComparison, ...]
+    definitions: Mapping[str, str]
+    versions: Mapping[str, str]
+    created: str
+    schema: str = SCHEMA
+
+    @property
+    def attacks(self) -> list[str]:
+        """The compared attacks, in evaluation order."""
+        return list(self.settings.attacks)
+
+    def model(self, label: str) -> ModelEntry:
+        """The model called ``label``."""
+        return next(m for m in self.models if m.label == label)
+
+    def student(self, label: str) -> StudentComparison:
+        """The comparison of the student called ``label`` with the reference."""
+        return next(c for c in self.comparisons if c.label == label)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers; :func:`robustdistill.render.comparison_json` adds the verdict sentences."""
+        return {"schema": self.schema, "reference": self.reference, "headline_attack": self.headline_attack,
+                "data": self.data.to_dict(), "settings": self.settings.to_dict(),
+                "models": [m.to_dict() for m in self.models], "comparisons": [c.to_dict() for c in self.comparisons],
+                "definitions": dict(self.definitions), "versions": dict(self.versions), "created": self.created}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Comparison":
+        """Rebuild from :meth:`to_dict` output or a fairness.json (verdict sentences are ignored).
+
+        Raises:
+            UsageError: ``data`` is not a robustdistill fairness comparison.
+        """
+        schema = data.get("schema") if isinstance(data, Mapping) else None
+        if schema != SCHEMA:
+            raise UsageError(f"not a robustdistill fairness comparison (schema {schema!r}); expected {SCHEMA}, "
+                             "as written by `robustdistill fairness-report`")
+        return cls(
+            reference=data["reference"], headline_attack=data["headline_attack"], data=DataInfo.from_dict(data["data"]),
+            settings=ComparisonSettings.from_dict(data["settings"]),
+            models=tuple(ModelEntry.from_dict(m) for m in data["models"]),
+            comparisons=tuple(StudentComparison.from_dict(c) for c in data["comparisons"]),
+            definitions=dict(data.get("definitions", {})), versions=dict(data.get("versions", {})),
+            created=str(data.get("created", "")), schema=schema,
+        )
+
+
 # --------------------------------------------------------------------------- comparison
-def headline_attack(reference: dict[str, dict[str, Any]]) -> str:
-    """``aa`` if present, else ``pgd``, else the non-clean attack the reference does worst on, else clean."""
-    for attack in ("aa", "pgd"):
-        if attack in reference:
-            return attack
-    others = [a for a in ATTACKS if a in reference and a != "clean"]
-    if others:
-        return min(others, key=lambda a: (reference[a]["accuracy"], ATTACKS.index(a)))
-    return "clean" if "clean" in reference else next(iter(reference))
-
-
-def _losing_more(ref: dict[str, Any], stu: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+def _losing_more(ref: AttackSummary, stu: AttackSummary, class_names: Sequence[str]) -> LosingMore:
     """Classes whose loss exceeds the overall loss, compared as exact fractions of hit counts."""
-    average = Fraction(ref["n_correct"] - stu["n_correct"], ref["n"]) if ref["n"] else Fraction(0)
-    names = []
-    present = [i for i, n in enumerate(ref["class_counts"]) if n]
-    for i in present:
-        loss = Fraction(ref["class_correct"][i] - stu["class_correct"][i], ref["class_counts"][i])
-        if loss > average:
-            names.append(class_names[i])
-    return {"count": len(names), "of": len(present), "names": names}
+    average = Fraction(ref.n_correct - stu.n_correct, ref.n) if ref.n else Fraction(0)
+    present = [i for i, n in enumerate(ref.class_counts) if n]
+    names = [class_names[i] for i in present
+             if Fraction(ref.class_correct[i] - stu.class_correct[i], ref.class_counts[i]) > average]
+    return LosingMore(len(names), len(present), tuple(names))
 
 
-def compare_attack(ref: dict[str, Any], stu: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    """Student-vs-reference numbers for one attack, from two :func:`~robustdistill.metrics.summarize` dicts."""
-    both = [i for i, (a, b) in enumerate(zip(ref["per_class"], stu["per_class"])) if a is not None and b is not None]
-    xs, ys = [ref["per_class"][i] for i in both], [stu["per_class"][i] for i in both]
-    ref_worst, stu_worst = ref["worst_class"], stu["worst_class"]
-    return {
-        "accuracy": {"reference": ref["accuracy"], "student": stu["accuracy"], "delta": _delta(stu["accuracy"], ref["accuracy"])},
-        "inherited_average": _ratio(stu["accuracy"], ref["accuracy"]),
-        "inherited_worst": _ratio(stu_worst["accuracy"], ref_worst["accuracy"]),
-        "worst_class": {"reference": ref_worst, "student": stu_worst},
-        "student_on_reference_worst": None if ref_worst["index"] is None else stu["per_class"][ref_worst["index"]],
-        "per_class_delta": [_delta(b, a) for a, b in zip(ref["per_class"], stu["per_class"])],
-        "pearson": pearson(xs, ys),
-        "spearman": spearman(xs, ys),
-        "average_loss": _delta(ref["accuracy"], stu["accuracy"]),
-        "classes_losing_more": _losing_more(ref, stu, class_names),
-        "nsd": {"reference": ref["nsd"], "student": stu["nsd"], "delta": _delta(stu["nsd"], ref["nsd"])},
-        "gap": {"reference": ref["gap"], "student": stu["gap"], "delta": _delta(stu["gap"], ref["gap"])},
-    }
+def _class_test(flags: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, score: ClassScore) -> ClassTest | None:
+    if score.index is None:
+        return None
+    mask = labels == score.index
+    return ClassTest(score.index, str(score.name), paired_test(flags[0][mask], flags[1][mask]))
 
 
-def _quantity(attack: str, label: str) -> str:
-    return "clean accuracy" if attack == "clean" else f"{label} robustness"
+def _per_class_tests(flags: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, counts: Sequence[int]) -> tuple[PairedTest | None, ...]:
+    return tuple(paired_test(flags[0][labels == c], flags[1][labels == c]) if n else None for c, n in enumerate(counts))
 
 
-def _average_clause(student: str, reference: str, quantity: str, c: dict[str, Any]) -> str:
-    acc = c["accuracy"]
-    ratio = c["inherited_average"]
-    if ratio is None:
-        return f"{student} reaches {pct(acc['student'])}% average {quantity} where {reference} has {pct(acc['reference'])}%"
-    verb = "keeps" if ratio <= 1 else "reaches"
-    return (f"{student} {verb} {100 * ratio:.0f}% of {reference}'s average {quantity} "
-            f"({pct(acc['student'])}% vs {pct(acc['reference'])}%)")
+def compare_attack(ref: AttackSummary, stu: AttackSummary, class_names: Sequence[str],
+                   flags: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> AttackComparison:
+    """Student-vs-reference numbers for one attack.
+
+    Args:
+        ref, stu: the two models' summaries under the attack.
+        class_names: the shared class names.
+        flags: (reference, student) per-sample correctness on the same examples.
+        labels: the examples' labels.
+    """
+    labels = labels.long().cpu()
+    flags = (flags[0].bool().cpu(), flags[1].bool().cpu())
+    both = [i for i, (a, b) in enumerate(zip(ref.per_class, stu.per_class)) if a is not None and b is not None]
+    xs, ys = [ref.per_class[i] for i in both], [stu.per_class[i] for i in both]
+    overall = paired_test(*flags)
+    spread = spread_change_interval(flags[0], flags[1], labels, len(class_names))
+    ref_worst, stu_worst = ref.worst_class, stu.worst_class
+    return AttackComparison(
+        accuracy=Change(ref.accuracy, stu.accuracy, _delta(stu.accuracy, ref.accuracy), overall.ci95),
+        inherited_average=_ratio(stu.accuracy, ref.accuracy),
+        inherited_worst=_ratio(stu_worst.accuracy, ref_worst.accuracy),
+        worst_class=WorstClasses(ref_worst, stu_worst),
+        student_on_reference_worst=None if ref_worst.index is None else stu.per_class[ref_worst.index],
+        per_class_delta=tuple(_delta(b, a) for a, b in zip(ref.per_class, stu.per_class)),
+        pearson=pearson(xs, ys),  # type: ignore[arg-type]
+        spearman=spearman(xs, ys),  # type: ignore[arg-type]
+        average_loss=_delta(ref.accuracy, stu.accuracy),
+        classes_losing_more=_losing_more(ref, stu, class_names),
+        nsd=Change(ref.nsd, stu.nsd, _delta(stu.nsd, ref.nsd), spread["nsd"]),
+        gap=Change(ref.gap, stu.gap, _delta(stu.gap, ref.gap), spread["gap"]),
+        accuracy_test=overall,
+        reference_worst_test=_class_test(flags, labels, ref_worst),
+        student_worst_test=_class_test(flags, labels, stu_worst),
+        per_class_tests=_per_class_tests(flags, labels, ref.class_counts),
+    )
 
 
-def _worst_clause(reference: str, c: dict[str, Any]) -> str:
-    rw, sw = c["worst_class"]["reference"], c["worst_class"]["student"]
-    ratio, average = c["inherited_worst"], c["inherited_average"]
-    if ratio is None:
-        return (f"; {reference}'s worst class, {rw['name']}, is at {pct(rw['accuracy'])}% so there is no worst-class ratio "
-                f"(its worst class, {sw['name']}, is at {pct(sw['accuracy'])}%)")
-    joint = "but only" if average is not None and ratio < average - BUT_ONLY_MARGIN else "and"
-    where = "" if rw["index"] == sw["index"] else f" on {reference}'s worst class, {rw['name']}"
-    return (f" {joint} {100 * ratio:.0f}% on its worst class, {sw['name']} "
-            f"({pct(sw['accuracy'])}% vs {pct(rw['accuracy'])}%{where})")
+def _model_entry(label: str, role: str, result: EvaluationResult, attacks: Sequence[str]) -> ModelEntry:
+    return ModelEntry(label, role, result.model_id, result.settings.seed, dict(result.model_info),
+                      {a: result.summary(a) for a in attacks})
 
 
-def _profile_sentence(reference: str, c: dict[str, Any]) -> str:
-    r, rho = c["pearson"], c["spearman"]
-    corr = "n/a (no variation across classes)" if r is None else f"{r:.2f}" + ("" if rho is None else f" (Spearman {rho:.2f})")
-    losing = c["classes_losing_more"]
-    avg = c["average_loss"] or 0.0
-    if avg >= 0:
-        moved = f"{losing['count']} of {losing['of']} classes lost more than the average {100 * avg:.1f} points"
-    else:
-        moved = f"{losing['count']} of {losing['of']} classes gained less than the average {-100 * avg:.1f} points"
-    nsd = c["nsd"]
-    even = ""
-    if nsd["delta"] is not None:
-        word = "less even" if nsd["delta"] > 0.005 else "more even" if nsd["delta"] < -0.005 else "as even"
-        even = f"; NSD {nsd['student']:.3f} vs {nsd['reference']:.3f} ({word})"
-    return f"Class profile vs {reference}: Pearson r = {corr}; {moved}{even}."
+def _student_comparison(ref: tuple[ModelEntry, EvaluationResult], stu: tuple[ModelEntry, EvaluationResult],
+                        attacks: Sequence[str]) -> StudentComparison:
+    (ref_entry, ref_result), (stu_entry, stu_result) = ref, stu
+    per_attack = {a: compare_attack(ref_entry.results[a], stu_entry.results[a], ref_result.class_names,
+                                    (ref_result.correct[a], stu_result.correct[a]), ref_result.labels) for a in attacks}
+    return StudentComparison(stu_entry.label, ref_entry.label, per_attack)
 
 
-def verdict(student: str, reference: str, attack_name: str, attack: str, c: dict[str, Any]) -> str:
-    """Plain-words summary of one :func:`compare_attack` result (see the module docstring)."""
-    quantity = _quantity(attack, attack_name)
-    return f"{_average_clause(student, reference, quantity, c)}{_worst_clause(reference, c)}. {_profile_sentence(reference, c)}"
-
-
-def _model_entry(label: str, role: str, result: EvaluationResult, attacks: Sequence[str]) -> dict[str, Any]:
-    return {"label": label, "role": role, "id": result.model_id, "seed": result.settings.seed,
-            "info": dict(result.model_info), "results": {a: result.summary(a) for a in attacks}}
-
-
-def compare(entries: Sequence[tuple[str, EvaluationResult]], *, attacks: Sequence[str] | None = None) -> dict[str, Any]:
-    """Compare every model with the first (the reference), per attack; JSON-ready (``robustdistill/fairness@1``).
+def compare(entries: Sequence[tuple[str, EvaluationResult]], *, attacks: Sequence[str] | None = None) -> Comparison:
+    """Compare every model with the first (the reference), per attack.
 
     Args:
         entries: ``(label, result)`` pairs; the first is the reference (usually the teacher).
@@ -327,7 +594,7 @@ def compare(entries: Sequence[tuple[str, EvaluationResult]], *, attacks: Sequenc
             must have been evaluated under the same attacks.
 
     Returns:
-        The comparison dict described in the module docstring.
+        The :class:`Comparison` (``to_dict()`` is fairness.json without its verdict sentences).
 
     Raises:
         UsageError: one line naming the setting that differs between two models and both values
@@ -336,479 +603,14 @@ def compare(entries: Sequence[tuple[str, EvaluationResult]], *, attacks: Sequenc
     """
     chosen = check_compatible(entries, attacks)
     ref_label, ref = entries[0]
-    models = [_model_entry(label, "reference" if k == 0 else "student", result, chosen) for k, (label, result) in enumerate(entries)]
-    comparison: dict[str, Any] = {
-        "schema": SCHEMA,
-        "reference": ref_label,
-        "headline_attack": headline_attack(models[0]["results"]),
-        "data": {"dataset": ref.dataset, "split": ref.split, "n_examples": ref.n_examples, "class_names": list(ref.class_names),
-                 "class_counts": models[0]["results"][chosen[0]]["class_counts"]},
-        "settings": {"eps": ref.settings.eps, "eps_str": format_fraction(ref.settings.eps),
-                     "attacks": {a: ref.settings.describe(a) for a in chosen}},
-        "models": models,
-    }
-    comparison["comparisons"] = [_student_comparison(comparison, m) for m in models[1:]]
-    comparison["definitions"] = dict(DEFINITIONS)
-    comparison["versions"] = versions()
-    comparison["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return comparison
-
-
-def _student_comparison(comparison: dict[str, Any], student: dict[str, Any]) -> dict[str, Any]:
-    ref = comparison["models"][0]
-    names = comparison["data"]["class_names"]
-    per_attack = {}
-    for attack in ref["results"]:
-        c = compare_attack(ref["results"][attack], student["results"][attack], names)
-        c["verdict"] = verdict(student["label"], ref["label"], attack_label(comparison, attack), attack, c)
-        per_attack[attack] = c
-    return {"label": student["label"], "reference": ref["label"],
-            "verdict": per_attack[comparison["headline_attack"]]["verdict"], "attacks": per_attack}
-
-
-# --------------------------------------------------------------------------- loading
-@dataclass(frozen=True)
-class Requested:
-    """Evaluation settings the user asked for explicitly (None = take what the inputs say)."""
-
-    dataset: str | None = None
-    eps: float | None = None
-    n_examples: int | None = None
-    attacks: tuple[str, ...] | None = None
-
-
-def split_selector(spec: str) -> tuple[str, str | None]:
-    """``run/report.json#teacher`` -> (``run/report.json``, ``teacher``); no ``#`` -> (spec, None)."""
-    base, sep, selector = spec.rpartition("#")
-    if not sep or not base:
-        return spec, None
-    return base, selector.strip().lower()
-
-
-def report_path(spec: str) -> Path | None:
-    """The report.json behind ``spec`` (a .json file or a run directory), or None for a model id."""
-    base, _ = split_selector(str(spec))
-    path = Path(base)
-    if path.is_dir():
-        if not (path / "report.json").is_file():
-            raise UsageError(f"{base} is a directory without report.json; pass a report.json or a model file inside it")
-        return path / "report.json"
-    if base.lower().endswith(".json"):
-        if not path.is_file():
-            raise UsageError(f"{base} does not exist; pass a report.json written by `robustdistill evaluate --out` or `distill`")
-        return path
-    return None
-
-
-def read_report(path: Path, selector: str | None, shown: str) -> dict[str, Any]:
-    """The evaluation dict inside a report.json (evaluation@1, or distill@1 with a selector)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{shown} is not a readable report.json ({str(exc).splitlines()[0]})") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema == EVALUATION_SCHEMA:
-        if selector is not None:
-            raise UsageError(f"{shown}: #{selector} only applies to a distill report.json; drop the #{selector}")
-        return data
-    if schema == DISTILL_SCHEMA:
-        role = selector or "student"
-        if role not in SELECTORS:
-            raise UsageError(f"{shown}: unknown selector #{role}; use #student or #teacher")
-        part = data.get(role)
-        if not isinstance(part, dict) or part.get("schema", EVALUATION_SCHEMA) != EVALUATION_SCHEMA or "per_sample" not in part:
-            raise UsageError(f"{shown} holds no per-sample {role} evaluation; re-run `robustdistill evaluate` on the {role}")
-        return part
-    raise UsageError(f"{shown} is not a robustdistill report.json (schema {schema!r}); expected {EVALUATION_SCHEMA} or {DISTILL_SCHEMA}")
-
-
-def check_requested(result: EvaluationResult, requested: Requested, shown: str) -> EvaluationResult:
-    """Refuse a stored evaluation whose settings differ from the explicitly requested ones.
-
-    Returns the result restricted to the requested attacks (when they are a subset of its own).
-    """
-    fix = "re-run without {opt} to use the report's value, or re-evaluate the model"
-    if requested.dataset is not None and requested.dataset.lower() != result.dataset.lower():
-        raise UsageError(f"{shown} was evaluated on {result.dataset}, not --dataset {requested.dataset}; " + fix.format(opt="--dataset"))
-    if requested.eps is not None and abs(requested.eps - result.settings.eps) > 1e-9:
-        raise UsageError(f"{shown} was evaluated at eps={format_fraction(result.settings.eps)}, not --eps "
-                         f"{format_fraction(requested.eps)}; " + fix.format(opt="--eps"))
-    if requested.n_examples is not None and requested.n_examples != result.n_examples:
-        raise UsageError(f"{shown} holds {result.n_examples} examples, not --n-examples {requested.n_examples}; "
-                         + fix.format(opt="--n-examples"))
-    if requested.attacks is None:
-        return result
-    missing = [a for a in requested.attacks if a not in result.correct]
-    if missing:
-        raise UsageError(f"{shown} has no {', '.join(missing)} results (it has {', '.join(result.correct)}); "
-                         f"drop {', '.join(missing)} from --attacks or re-evaluate the model")
-    keep = {a: c for a, c in result.correct.items() if a in requested.attacks}
-    return EvaluationResult(result.model_id, result.dataset, result.split, result.class_names, result.labels, keep,
-                            result.settings, {a: s for a, s in result.seconds.items() if a in keep}, result.model_info)
-
-
-def load_entry(
-    path_or_model: str,
-    requested: Requested = Requested(),
-    *,
-    evaluate_kwargs: dict[str, Any] | None = None,
-) -> EvaluationResult:
-    """One model's evaluation: read from a report.json when given one, else evaluated now.
-
-    Args:
-        path_or_model: ``report.json`` (evaluate or distill; distill reports give the student unless
-            suffixed ``#teacher``), a run directory holding ``report.json``, or any model identifier
-            :func:`robustdistill.api.evaluate` accepts.
-        requested: settings the user asked for explicitly; a stored report must match them.
-        evaluate_kwargs: keyword arguments for :func:`robustdistill.api.evaluate` (dataset,
-            data_dir, attacks, eps, n_examples, batch_size, device, seed, options, splits ...).
-
-    Raises:
-        UsageError: an unreadable report, or one whose settings differ from ``requested``.
-    """
-    path = report_path(path_or_model)
-    if path is not None:
-        _, selector = split_selector(path_or_model)
-        result = EvaluationResult.from_dict(read_report(path, selector, path_or_model))
-        return check_requested(result, requested, path_or_model)
-    from . import api
-
-    kwargs = dict(evaluate_kwargs or {})
-    kwargs.setdefault("dataset", requested.dataset)
-    kwargs.setdefault("n_examples", requested.n_examples)
-    if requested.eps is not None:
-        kwargs.setdefault("eps", requested.eps)
-    if requested.attacks is not None:
-        kwargs.setdefault("attacks", list(requested.attacks))
-    return api.evaluate(path_or_model, **kwargs)
-
-
-def default_labels(specs: Sequence[str], results: Sequence[EvaluationResult]) -> list[str]:
-    """Short distinct display names: a file's stem (or ``teacher``/``student`` of a distill report)."""
-    def short(spec: str, result: EvaluationResult, long: bool) -> str:
-        base, selector = split_selector(spec)
-        if report_path(spec) is not None and selector:
-            name = Path(base).parent.name if Path(base).is_file() else Path(base).name
-            return f"{name}#{selector}" if long else selector
-        ident = result.model_id
-        if "/" in ident or ident.lower().endswith((".safetensors", ".pt", ".pth")):
-            p = Path(ident)
-            return f"{p.parent.name}/{p.stem}" if long and p.parent.name else p.stem
-        return ident
-
-    labels = [short(s, r, False) for s, r in zip(specs, results)]
-    if len(set(labels)) < len(labels):
-        labels = [short(s, r, True) for s, r in zip(specs, results)]
-    seen: dict[str, int] = {}
-    out = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
-    return out
-
-
-def _resolve_settings(reports: dict[int, EvaluationResult], specs: Sequence[str], requested: Requested) -> dict[str, Any]:
-    """Settings for the models still to evaluate: explicit > first stored report > model file > defaults."""
-    from . import api
-
-    first = next(iter(reports.values()), None)
-    if first is not None:
-        return {"dataset": requested.dataset or first.dataset,
-                "eps": requested.eps if requested.eps is not None else first.settings.eps,
-                "n_examples": requested.n_examples if requested.n_examples is not None else first.n_examples,
-                "attacks": list(requested.attacks) if requested.attacks else list(first.correct),
-                "pgd_steps": first.settings.pgd_steps, "step_size": first.settings.step_size, "seed": first.settings.seed}
-    saved = api.saved_config(specs[0]) if not specs[0].startswith(("robustbench:", "timm:")) else {}
-    eps = requested.eps if requested.eps is not None else saved.get("eps")
-    return {"dataset": requested.dataset, "eps": eps if eps is not None else 8 / 255,
-            "n_examples": requested.n_examples, "attacks": list(requested.attacks or ("clean", "pgd"))}
-
-
-def fairness_report(
-    models: Sequence[str],
-    *,
-    labels: Sequence[str] | None = None,
-    dataset: str | None = None,
-    data_dir: str | Path | None = None,
-    attacks: str | Sequence[str] | None = None,
-    eps: float | str | None = None,
-    n_examples: int | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    seed: int | None = None,
-    options: ModelOptions | None = None,
-) -> dict[str, Any]:
-    """Load or evaluate every model, then :func:`compare` them (the first is the reference).
-
-    Stored report.json files are used as they are; the other models are evaluated with the
-    explicit settings, else those of the first report, else the defaults (clean,pgd at 8/255, or
-    the eps recorded in the first robustdistill model). The data is loaded once.
-    """
-    from ._utils import parse_fraction
-
-    if len(models) < 2:
-        raise UsageError("fairness-report needs at least two models: the reference (e.g. the teacher) and a student")
-    if labels is not None and len(labels) != len(models):
-        raise UsageError(f"--labels gives {len(labels)} names for {len(models)} models; give one per model")
-    requested = Requested(dataset, parse_fraction(eps) if eps is not None else None, n_examples,
-                          tuple(parse_attacks(attacks)) if attacks is not None else None)
-    reports = {k: load_entry(spec, requested) for k, spec in enumerate(models) if report_path(spec) is not None}
-    results: dict[int, EvaluationResult] = dict(reports)
-    todo = [k for k in range(len(models)) if k not in reports]
-    if todo:
-        results.update(_evaluate_all(models, todo, reports, requested, data_dir, batch_size, device, seed, options))
-    ordered = [results[k] for k in range(len(models))]
-    names = list(labels) if labels is not None else default_labels(models, ordered)
-    return compare(list(zip(names, ordered)), attacks=requested.attacks)
-
-
-def _evaluate_all(models: Sequence[str], todo: Sequence[int], reports: dict[int, EvaluationResult], requested: Requested,
-                  data_dir: str | Path | None, batch_size: int, device: str | None, seed: int | None,
-                  options: ModelOptions | None) -> dict[int, EvaluationResult]:
-    """Evaluate the models that are not stored reports, on data loaded once."""
-    from . import api
-    from .data import load_dataset
-
-    settings = _resolve_settings(reports, [models[k] for k in todo], requested)
-    name = settings.pop("dataset") or api.resolve_dataset_name(models[todo[0]], None)
-    splits = load_dataset(name, data_dir)
-    if seed is not None:
-        settings["seed"] = seed
-    kwargs = {**settings, "batch_size": batch_size, "device": device, "splits": splits}
-    if options is not None:
-        kwargs["options"] = options
-    return {k: api.evaluate(models[k], **kwargs) for k in todo}
-
-
-# --------------------------------------------------------------------------- rendering
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _ratio_pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
-
-
-def _signed_pts(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:+.1f}"
-
-
-def summary_table(comparison: dict[str, Any], attacks: Sequence[str] | None = None) -> Table:
-    """One row per attack and model: accuracy, worst class, gap, NSD and the comparison with the reference.
-
-    Compact enough for an 80-column terminal with CIFAR-style class names.
-    """
-    from rich import box
-
-    d, ref = comparison["data"], comparison["reference"]
-    table = Table(title=f"Robust fairness vs {ref}: {d['dataset']} ({d['split']}, n={d['n_examples']}, "
-                        f"eps={comparison['settings']['eps_str']})", box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False,
-                  caption="kept = student / reference accuracy; kept(w) = the same for each model's own worst class; "
-                          "r = Pearson of per-class accuracy; >avg = classes that lost more than the overall loss.")
-    for name, justify in (("attack", "left"), ("model", "left"), ("acc%", "right"), ("worst%", "right"), ("class", "left"),
-                          ("NSD", "right"), ("kept", "right"), ("kept(w)", "right"), ("r", "right"), (">avg", "right")):
-        # Only class names may wrap, so labels and numbers stay whole on an 80-column terminal.
-        table.add_column(name, justify=justify, no_wrap=name != "class", min_width=5 if name == "class" else None)  # type: ignore[arg-type]
-    by_label = {c["label"]: c for c in comparison["comparisons"]}
-    chosen = list(attacks or comparison["settings"]["attacks"])
-    for a_i, attack in enumerate(chosen):
-        for m_i, model in enumerate(comparison["models"]):
-            r = model["results"][attack]
-            c = by_label.get(model["label"], {}).get("attacks", {}).get(attack)
-            extra = ["ref", "ref", "", ""] if c is None else [
-                _ratio_pct(c["inherited_average"]), _ratio_pct(c["inherited_worst"]), _fmt(c["pearson"]),
-                f"{c['classes_losing_more']['count']}/{c['classes_losing_more']['of']}"]
-            worst = r["worst_class"]
-            # Text() so that names such as "run[2]" are not read as rich markup.
-            table.add_row(attack_label(comparison, attack) if m_i == 0 else "", Text(model["label"]), pct(r["accuracy"]),
-                          pct(worst["accuracy"]), Text(str(worst["name"])), _fmt(r["nsd"], 3), *extra,
-                          end_section=m_i == len(comparison["models"]) - 1 and a_i < len(chosen) - 1)
-    return table
-
-
-def verdicts(comparison: dict[str, Any], attack: str | None = None) -> list[str]:
-    """The verdict sentence of each student under ``attack`` (default: the headline attack)."""
-    attack = attack or comparison["headline_attack"]
-    return [c["attacks"][attack]["verdict"] for c in comparison["comparisons"]]
-
-
-def _md_models(comparison: dict[str, Any], attack: str) -> list[str]:
-    lines = ["| model | accuracy % | worst class % | worst class | best − worst | NSD |", "|---|---:|---:|---|---:|---:|"]
-    for m in comparison["models"]:
-        r = m["results"][attack]
-        lines.append(f"| {m['label']} | {pct(r['accuracy'], 2)} | {pct(r['worst_class']['accuracy'], 2)} | "
-                     f"{r['worst_class']['name']} | {pct(r['gap'], 2)} | {_fmt(r['nsd'], 3)} |")
-    return lines
-
-
-def _md_students(comparison: dict[str, Any], attack: str) -> list[str]:
-    ref = comparison["reference"]
-    lines = [f"| student | Δ accuracy (pts) | kept of {ref}'s avg | kept of {ref}'s worst | Pearson r | Spearman ρ | "
-             "classes losing > avg | Δ NSD |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in comparison["comparisons"]:
-        a = c["attacks"][attack]
-        losing = a["classes_losing_more"]
-        lines.append(f"| {c['label']} | {_signed_pts(a['accuracy']['delta'])} | {_ratio_pct(a['inherited_average'])} | "
-                     f"{_ratio_pct(a['inherited_worst'])} | {_fmt(a['pearson'])} | {_fmt(a['spearman'])} | "
-                     f"{losing['count']} / {losing['of']} | {_fmt(a['nsd']['delta'], 3)} |")
-    return lines
-
-
-def _md_per_class(comparison: dict[str, Any], attack: str) -> list[str]:
-    models, comps = comparison["models"], comparison["comparisons"]
-    header = "| class | n | " + " | ".join(f"{m['label']} %" for m in models) + " | " + \
-        " | ".join(f"Δ {c['label']}" for c in comps) + " |"
-    lines = [header, "|---|---:|" + "---:|" * (len(models) + len(comps))]
-    for i, name in enumerate(comparison["data"]["class_names"]):
-        cells = [pct(m["results"][attack]["per_class"][i]) for m in models]
-        cells += [_signed_pts(c["attacks"][attack]["per_class_delta"][i]) for c in comps]
-        lines.append(f"| {name} | {comparison['data']['class_counts'][i]} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def fairness_markdown(comparison: dict[str, Any], images: Sequence[Path] = ()) -> str:
-    """Markdown a person can paste into a paper: per attack, models, student-vs-reference, per class."""
-    d, s = comparison["data"], comparison["settings"]
-    head = comparison["headline_attack"]
-    lines = ["# Robust fairness report", "",
-             f"Reference: **{comparison['reference']}**. Dataset **{d['dataset']}** ({d['split']} split, first "
-             f"{d['n_examples']} examples, {len(d['class_names'])} classes), L∞ eps = {s['eps_str']}. "
-             f"Headline attack: {attack_label(comparison, head)}.", "", "## Verdict", ""]
-    lines += [f"- {v}" for v in verdicts(comparison)]
-    many = len(d["class_names"]) > 20
-    for attack in s["attacks"]:
-        lines += ["", f"## {attack_label(comparison, attack)}", "", *_md_models(comparison, attack), "",
-                  *_md_students(comparison, attack)]
-        if not many or attack == head:
-            lines += ["", f"Per-class {attack_label(comparison, attack)} accuracy (%) and change vs "
-                      f"{comparison['reference']} (points):", "", *_md_per_class(comparison, attack)]
-        lines += [""] + [f"![{p.stem}]({p.name})" for p in images if p.stem.endswith(f"_{attack}")]
-    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in comparison["definitions"].items()]
-    lines += ["", "Attacks (L∞, eps " + s["eps_str"] + "): " + "; ".join(
-        f"{attack_label(comparison, a)}: {_params_text(p)}" for a, p in s["attacks"].items() if p) + ".",
-        "A sample counts as robust only if it is also classified correctly without attack."]
-    return "\n".join(lines) + "\n"
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    shown = {k: format_fraction(v) if k == "step_size" else v for k, v in params.items() if k not in ("eps", "eps_str", "norm")}
-    return ", ".join(f"{k}={v}" for k, v in shown.items())
-
-
-def _as_reports(comparison: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Each model in the shape :func:`robustdistill.report.plot_per_class` reads."""
-    return [(m["label"], {"data": comparison["data"], "settings": comparison["settings"], "results": m["results"]})
-            for m in comparison["models"]]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_scatter(comparison: dict[str, Any], attack: str, path: Path, max_labels: int = 20) -> Path:
-    """Student-vs-reference per-class accuracy, one panel per student, with the y = x line.
-
-    Every class is named when there are at most ``max_labels``; otherwise only the eight classes
-    that lost the most. The star marks overall accuracy.
-    """
-    plt = _pyplot()
-    ref = comparison["models"][0]
-    comps = comparison["comparisons"]
-    cols = min(3, len(comps))
-    rows = -(-len(comps) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, min(18.0, 5.5 * cols + 0.5)), 5.4 * rows + 0.6), squeeze=False)
-    students = {m["label"]: m for m in comparison["models"][1:]}
-    for k, c in enumerate(comps):
-        _scatter_panel(axes[k // cols][k % cols], comparison, ref, students[c["label"]], c["attacks"][attack], attack, max_labels)
-    for k in range(len(comps), rows * cols):
-        axes[k // cols][k % cols].axis("off")
-    fig.suptitle(f"Per-class {attack_label(comparison, attack)} accuracy: students vs {ref['label']}")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def _scatter_panel(ax: Any, comparison: dict[str, Any], ref: dict[str, Any], stu: dict[str, Any], c: dict[str, Any],
-                   attack: str, max_labels: int) -> None:
-    names = comparison["data"]["class_names"]
-    xr, ys = ref["results"][attack]["per_class"], stu["results"][attack]["per_class"]
-    idx = [i for i in range(len(names)) if xr[i] is not None and ys[i] is not None]
-    x = [100 * xr[i] for i in idx]
-    y = [100 * ys[i] for i in idx]
-    ax.plot([0, 100], [0, 100], ls="--", color="grey", lw=1, label="y = x (kept fully)")
-    ax.scatter(x, y, s=28 if len(idx) <= 20 else 12, alpha=0.8, label="classes")
-    ax.scatter([100 * c["accuracy"]["reference"]], [100 * c["accuracy"]["student"]], marker="*", s=180,
-               color="crimson", zorder=3, label="overall")
-    shown = idx if len(idx) <= max_labels else sorted(idx, key=lambda i: (ys[i] - xr[i], i))[:8]
-    for i in shown:
-        ax.annotate(str(names[i]), (100 * xr[i], 100 * ys[i]), textcoords="offset points", xytext=(4, 3), fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
-    ax.set_aspect("equal")
-    ax.set_xlabel(f"{ref['label']} accuracy (%)")
-    ax.set_ylabel(f"{stu['label']} accuracy (%)")
-    ax.set_title(f"{stu['label']}: Pearson r = {_fmt(c['pearson'])}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=7)
-
-
-def plot_deltas(comparison: dict[str, Any], attack: str, path: Path) -> Path:
-    """Per-class change vs the reference (points), one bar per student, with each student's average change."""
-    import numpy as np
-
-    plt = _pyplot()
-    names = comparison["data"]["class_names"]
-    many = len(names) > 20
-    order = class_order(comparison["models"][0]["results"][attack]["per_class"], many)
-    comps = comparison["comparisons"]
-    x = np.arange(len(names))
-    width = 0.8 / len(comps)
-    fig, ax = plt.subplots(figsize=figure_size(len(names) * max(1.0, len(comps) ** 0.5)))
-    for k, c in enumerate(comps):
-        a = c["attacks"][attack]
-        vals = np.array([np.nan if a["per_class_delta"][i] is None else 100 * a["per_class_delta"][i] for i in order])
-        bars = ax.bar(x + (k - (len(comps) - 1) / 2) * width, vals, width, label=c["label"])
-        if a["accuracy"]["delta"] is not None:
-            ax.axhline(100 * a["accuracy"]["delta"], ls="--", lw=1, color=bars.patches[0].get_facecolor(),
-                       label=f"{c['label']} overall {100 * a['accuracy']['delta']:+.1f}")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.use_sticky_edges = False  # let the margin show bars that end at 0
-    ax.margins(x=0, y=0.08)
-    ax.set_xticks(x)
-    ax.set_xticklabels([names[i] for i in order], rotation=90 if many else (45 if len(names) > 10 else 0),
-                       ha="center" if many or len(names) <= 10 else "right", fontsize=6 if many else 9)
-    ax.set_xlim(-0.6, len(names) - 0.4)
-    ax.set_ylabel(f"change in {attack_label(comparison, attack)} accuracy (points)")
-    sort_note = f" (classes sorted by {comparison['reference']}'s accuracy)" if many else ""
-    ax.set_title(f"Per-class change vs {comparison['reference']}{sort_note}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def write_plots(comparison: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``per_class_<attack>.png``, ``scatter_<attack>.png`` and ``delta_<attack>.png`` for every attack."""
-    paths = []
-    for attack in comparison["settings"]["attacks"]:
-        paths.append(plot_per_class(_as_reports(comparison), attack, out_dir / f"per_class_{attack}.png"))
-        paths.append(plot_scatter(comparison, attack, out_dir / f"scatter_{attack}.png"))
-        paths.append(plot_deltas(comparison, attack, out_dir / f"delta_{attack}.png"))
-    return paths
-
-
-def write_outputs(comparison: dict[str, Any], out_dir: Path | str, *, plots: bool = True) -> list[Path]:
-    """Write fairness.json, fairness.md and the PNGs into ``out_dir`` (created); returns the paths.
-
-    Every file is written atomically (temporary file + rename); plots render headless (Agg).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = write_plots(comparison, out) if plots else []
-    atomic_write_json(out / "fairness.json", comparison)
-    atomic_write_text(out / "fairness.md", fairness_markdown(comparison, images))
-    return [out / "fairness.json", out / "fairness.md", *images]
+    models = [_model_entry(label, "reference" if k == 0 else "student", result, chosen)
+              for k, (label, result) in enumerate(entries)]
+    students = tuple(_student_comparison((models[0], ref), (models[k], entries[k][1]), chosen) for k in range(1, len(entries)))
+    return Comparison(
+        reference=ref_label,
+        headline_attack=headline_attack({a: models[0].results[a].accuracy for a in chosen}),
+        data=DataInfo(ref.dataset, ref.split, ref.n_examples, tuple(ref.class_names), models[0].results[chosen[0]].class_counts),
+        settings=ComparisonSettings(ref.settings.eps, {a: ref.settings.describe(a) for a in chosen}),
+        models=tuple(models), comparisons=students, definitions=dict(DEFINITIONS), versions=versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )

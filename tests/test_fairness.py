@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from robustdistill import fairness
+from robustdistill import fairness, render, reports
 from robustdistill.cli import app
 from robustdistill.errors import UsageError
 from robustdistill.evaluation import EvalSettings, EvaluationResult
+from robustdistill.fairness import AttackComparison, Comparison
+from robustdistill.metrics import AttackSummary, headline_attack
 
 CLASSES = ("airplane", "cat", "dog", "ship")
 PER_CLASS = 10
@@ -60,16 +62,16 @@ def student() -> EvaluationResult:
 
 
 @pytest.fixture
-def comparison(teacher: EvaluationResult, student: EvaluationResult) -> dict:
+def comparison(teacher: EvaluationResult, student: EvaluationResult) -> Comparison:
     return fairness.compare([("teacher", teacher), ("student", student)])
 
 
-def pgd_of(comparison: dict, label: str) -> dict:
-    return next(m for m in comparison["models"] if m["label"] == label)["results"]["pgd"]
+def pgd_of(comparison: Comparison, label: str) -> AttackSummary:
+    return comparison.model(label).results["pgd"]
 
 
-def student_pgd(comparison: dict, label: str = "student") -> dict:
-    return next(c for c in comparison["comparisons"] if c["label"] == label)["attacks"]["pgd"]
+def student_pgd(comparison: Comparison, label: str = "student") -> AttackComparison:
+    return comparison.student(label).attacks["pgd"]
 
 
 def by_hand_nsd(values: list[float]) -> float:
@@ -78,49 +80,50 @@ def by_hand_nsd(values: list[float]) -> float:
 
 
 # --------------------------------------------------------------------------- exact numbers
-def test_per_model_numbers_match_hand_computation(comparison: dict) -> None:
+def test_per_model_numbers_match_hand_computation(comparison: Comparison) -> None:
     t, s = pgd_of(comparison, "teacher"), pgd_of(comparison, "student")
-    assert t["per_class"] == pytest.approx([0.8, 0.4, 0.6, 0.8])
-    assert s["per_class"] == pytest.approx([0.7, 0.2, 0.5, 0.8])
-    assert t["accuracy"] == pytest.approx(26 / 40) and s["accuracy"] == pytest.approx(22 / 40)
-    assert (t["worst_class"]["name"], t["worst_class"]["accuracy"]) == ("cat", pytest.approx(0.4))
-    assert (s["worst_class"]["name"], s["worst_class"]["accuracy"]) == ("cat", pytest.approx(0.2))
-    assert t["best_class"]["name"] == "airplane"  # tie with ship at 0.8: lowest index wins
-    assert t["gap"] == pytest.approx(0.4) and s["gap"] == pytest.approx(0.6)
+    assert t.per_class == pytest.approx([0.8, 0.4, 0.6, 0.8])
+    assert s.per_class == pytest.approx([0.7, 0.2, 0.5, 0.8])
+    assert t.accuracy == pytest.approx(26 / 40) and s.accuracy == pytest.approx(22 / 40)
+    assert (t.worst_class.name, t.worst_class.accuracy) == ("cat", pytest.approx(0.4))
+    assert (s.worst_class.name, s.worst_class.accuracy) == ("cat", pytest.approx(0.2))
+    assert t.best_class.name == "airplane"  # tie with ship at 0.8: lowest index wins
+    assert t.gap == pytest.approx(0.4) and s.gap == pytest.approx(0.6)
     # NSD = population std / mean: teacher sqrt(0.0275)/0.65, student sqrt(0.0525)/0.55
-    assert t["nsd"] == pytest.approx(math.sqrt(0.0275) / 0.65) == pytest.approx(by_hand_nsd([0.8, 0.4, 0.6, 0.8]))
-    assert s["nsd"] == pytest.approx(math.sqrt(0.0525) / 0.55)
+    assert t.nsd == pytest.approx(math.sqrt(0.0275) / 0.65) == pytest.approx(by_hand_nsd([0.8, 0.4, 0.6, 0.8]))
+    assert s.nsd == pytest.approx(math.sqrt(0.0525) / 0.55)
 
 
-def test_student_vs_reference_numbers(comparison: dict) -> None:
+def test_student_vs_reference_numbers(comparison: Comparison) -> None:
     c = student_pgd(comparison)
-    assert c["inherited_average"] == pytest.approx(0.55 / 0.65)
-    assert c["inherited_worst"] == pytest.approx(0.5)
-    assert c["student_on_reference_worst"] == pytest.approx(0.2)
-    assert c["per_class_delta"] == pytest.approx([-0.1, -0.2, -0.1, 0.0])
-    assert c["accuracy"]["delta"] == pytest.approx(-0.1)
+    assert c.inherited_average == pytest.approx(0.55 / 0.65)
+    assert c.inherited_worst == pytest.approx(0.5)
+    assert c.student_on_reference_worst == pytest.approx(0.2)
+    assert c.per_class_delta == pytest.approx([-0.1, -0.2, -0.1, 0.0])
+    assert c.accuracy.delta == pytest.approx(-0.1)
     # Pearson by hand: sxy = 0.15, sxx = 0.11, syy = 0.21; and numpy agrees.
-    assert c["pearson"] == pytest.approx(0.15 / math.sqrt(0.11 * 0.21))
-    assert c["pearson"] == pytest.approx(np.corrcoef([0.8, 0.4, 0.6, 0.8], [0.7, 0.2, 0.5, 0.8])[0, 1])
+    assert c.pearson == pytest.approx(0.15 / math.sqrt(0.11 * 0.21))
+    assert c.pearson == pytest.approx(np.corrcoef([0.8, 0.4, 0.6, 0.8], [0.7, 0.2, 0.5, 0.8])[0, 1])
     # Spearman: average ranks (3.5, 1, 2, 3.5) vs (3, 1, 2, 4) -> 4.5 / sqrt(4.5 * 5)
-    assert c["spearman"] == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert c.spearman == pytest.approx(4.5 / math.sqrt(4.5 * 5))
     # Losses (0.1, 0.2, 0.1, 0.0) vs average 0.1: only cat lost *more*; the exact ties do not count.
-    assert c["average_loss"] == pytest.approx(0.1)
-    assert c["classes_losing_more"] == {"count": 1, "of": 4, "names": ["cat"]}
-    assert c["nsd"]["delta"] == pytest.approx(math.sqrt(0.0525) / 0.55 - math.sqrt(0.0275) / 0.65)
-    assert c["gap"]["delta"] == pytest.approx(0.2)
+    assert c.average_loss == pytest.approx(0.1)
+    assert c.classes_losing_more.to_dict() == {"count": 1, "of": 4, "names": ["cat"]}
+    assert c.nsd.delta == pytest.approx(math.sqrt(0.0525) / 0.55 - math.sqrt(0.0275) / 0.65)
+    assert c.gap.delta == pytest.approx(0.2)
 
 
-def test_verdict_names_worst_class_and_right_percentages(comparison: dict) -> None:
-    text = student_pgd(comparison)["verdict"]
+def test_verdict_names_worst_class_and_right_percentages(comparison: Comparison) -> None:
+    text = render.attack_verdict(comparison, "student", "pgd")
     assert text.startswith("student keeps 85% of teacher's average PGD-20 robustness (55.0% vs 65.0%)")
     assert "but only 50% on its worst class, cat (20.0% vs 40.0%)" in text
     assert "Pearson r = 0.99 (Spearman 0.95)" in text
     assert "1 of 4 classes lost more than the average 10.0 points" in text
     assert "NSD 0.417 vs 0.255 (less even)" in text
-    assert comparison["headline_attack"] == "pgd"
-    assert comparison["comparisons"][0]["verdict"] == text
-    clean = comparison["comparisons"][0]["attacks"]["clean"]["verdict"]
+    assert comparison.headline_attack == "pgd"
+    data = render.comparison_json(comparison)
+    assert data["comparisons"][0]["verdict"] == text == render.verdicts(comparison)[0]
+    clean = data["comparisons"][0]["attacks"]["clean"]["verdict"]
     assert clean.startswith("student keeps 97% of teacher's average clean accuracy (92.5% vs 95.0%) "
                             "but only 89% on its worst class, cat (80.0% vs 90.0%).")
 
@@ -128,19 +131,19 @@ def test_verdict_names_worst_class_and_right_percentages(comparison: dict) -> No
 def test_zero_variance_gives_no_correlation(teacher: EvaluationResult) -> None:
     comp = fairness.compare([("teacher", teacher), ("flat", make_result("flat", FLAT))])
     c = student_pgd(comp, "flat")
-    assert c["pearson"] is None and c["spearman"] is None
-    assert "Pearson r = n/a" in c["verdict"]
+    assert c.pearson is None and c.spearman is None
+    text = render.attack_verdict(comp, "flat", "pgd")
+    assert "Pearson r = n/a" in text
     # flat's worst class (airplane: ties go to the lowest index) differs from the teacher's (cat).
-    assert "its worst class, airplane (50.0% vs 40.0% on teacher's worst class, cat)" in c["verdict"]
-    assert "reaches 125% on" not in c["verdict"] and "and 125% on its worst class" in c["verdict"]
+    assert "its worst class, airplane (50.0% vs 40.0% on teacher's worst class, cat)" in text
+    assert "reaches 125% on" not in text and "and 125% on its worst class" in text
 
 
 def test_headline_attack_preference() -> None:
-    acc = lambda v: {"accuracy": v}  # noqa: E731
-    assert fairness.headline_attack({"clean": acc(0.9), "pgd": acc(0.5), "aa": acc(0.4)}) == "aa"
-    assert fairness.headline_attack({"clean": acc(0.9), "fgsm": acc(0.3), "pgd": acc(0.5)}) == "pgd"
-    assert fairness.headline_attack({"clean": acc(0.9), "fgsm": acc(0.6), "cw": acc(0.4)}) == "cw"
-    assert fairness.headline_attack({"clean": acc(0.9)}) == "clean"
+    assert headline_attack({"clean": 0.9, "pgd": 0.5, "aa": 0.4}) == "aa"
+    assert headline_attack({"clean": 0.9, "fgsm": 0.3, "pgd": 0.5}) == "pgd"
+    assert headline_attack({"clean": 0.9, "fgsm": 0.6, "cw": 0.4}) == "cw"
+    assert headline_attack({"clean": 0.9}) == "clean"
 
 
 @settings(max_examples=60, deadline=None)
@@ -189,7 +192,7 @@ def test_mismatches_are_refused_in_one_line(teacher: EvaluationResult, other, ex
 def test_attacks_restricted_to_a_common_subset(teacher: EvaluationResult) -> None:
     other = make_result("s", {**STUDENT, "aa": [5, 1, 4, 6]})
     comp = fairness.compare([("teacher", teacher), ("student", other)], attacks=["clean", "pgd"])
-    assert list(comp["settings"]["attacks"]) == ["clean", "pgd"]
+    assert list(comp.settings.attacks) == ["clean", "pgd"] == comp.attacks
     with pytest.raises(UsageError) as exc:
         fairness.compare([("teacher", teacher), ("student", other)], attacks=["aa"])
     assert "teacher has no aa results" in _one_line(exc)
@@ -203,8 +206,8 @@ def test_needs_two_models_with_distinct_labels(teacher: EvaluationResult, studen
 
 
 # --------------------------------------------------------------------------- report.json loading
-def _normalised(comparison: dict) -> dict:
-    data = json.loads(json.dumps(comparison))
+def _normalised(comparison: Comparison) -> dict:
+    data = json.loads(json.dumps(render.comparison_json(comparison)))
     data.pop("created")
     data.pop("versions")
     return data
@@ -217,8 +220,8 @@ def write_report(path: Path, result: EvaluationResult) -> Path:
 
 
 def test_report_round_trip_gives_the_same_comparison(tmp_path: Path, teacher, student, comparison) -> None:
-    t = fairness.load_entry(str(write_report(tmp_path / "t" / "report.json", teacher)))
-    s = fairness.load_entry(str(write_report(tmp_path / "s" / "report.json", student).parent))  # a run directory
+    t = reports.load_entry(str(write_report(tmp_path / "t" / "report.json", teacher)))
+    s = reports.load_entry(str(write_report(tmp_path / "s" / "report.json", student).parent))  # a run directory
     again = fairness.compare([("teacher", t), ("student", s)])
     assert _normalised(again) == _normalised(comparison)
 
@@ -229,53 +232,53 @@ def test_distill_report_selectors(tmp_path: Path, teacher, student) -> None:
     (run / "report.json").write_text(json.dumps(
         {"schema": "robustdistill/distill@1", "teacher": teacher.to_dict(), "student": student.to_dict()}))
     picked = {
-        "teacher": fairness.load_entry(f"{run}/report.json#teacher"),
-        "student": fairness.load_entry(f"{run}/report.json#student"),
-        "default": fairness.load_entry(f"{run}/report.json"),
-        "dir": fairness.load_entry(str(run)),
-        "dir#teacher": fairness.load_entry(f"{run}#teacher"),
+        "teacher": reports.load_entry(f"{run}/report.json#teacher"),
+        "student": reports.load_entry(f"{run}/report.json#student"),
+        "default": reports.load_entry(f"{run}/report.json"),
+        "dir": reports.load_entry(str(run)),
+        "dir#teacher": reports.load_entry(f"{run}#teacher"),
     }
     assert picked["teacher"].model_id == picked["dir#teacher"].model_id == "teacher.safetensors"
     assert {picked[k].model_id for k in ("student", "default", "dir")} == {"student.safetensors"}
     assert torch.equal(picked["teacher"].correct["pgd"], teacher.correct["pgd"])
     with pytest.raises(UsageError, match="#student or #teacher"):
-        fairness.load_entry(f"{run}/report.json#coach")
+        reports.load_entry(f"{run}/report.json#coach")
     plain = write_report(tmp_path / "eval" / "report.json", teacher)
     with pytest.raises(UsageError, match="only applies to a distill report"):
-        fairness.load_entry(f"{plain}#teacher")
+        reports.load_entry(f"{plain}#teacher")
 
 
 @pytest.mark.parametrize("requested, expected", [
-    (fairness.Requested(eps=4 / 255), "eps=8/255, not --eps 4/255; re-run without --eps"),
-    (fairness.Requested(dataset="cifar10"), "evaluated on toy, not --dataset cifar10"),
-    (fairness.Requested(n_examples=20), "holds 40 examples, not --n-examples 20"),
-    (fairness.Requested(attacks=("clean", "aa")), "has no aa results (it has clean, pgd); drop aa from --attacks"),
+    (reports.Requested(eps=4 / 255), "eps=8/255, not --eps 4/255; re-run without --eps"),
+    (reports.Requested(dataset="cifar10"), "evaluated on toy, not --dataset cifar10"),
+    (reports.Requested(n_examples=20), "holds 40 examples, not --n-examples 20"),
+    (reports.Requested(attacks=("clean", "aa")), "has no aa results (it has clean, pgd); drop aa from --attacks"),
 ])
 def test_report_settings_must_match_the_request(tmp_path: Path, teacher, requested, expected: str) -> None:
     path = write_report(tmp_path / "report.json", teacher)
     with pytest.raises(UsageError) as exc:
-        fairness.load_entry(str(path), requested)
+        reports.load_entry(str(path), requested)
     assert expected in _one_line(exc)
 
 
 def test_report_restricted_to_requested_attacks(tmp_path: Path, teacher) -> None:
     path = write_report(tmp_path / "report.json", teacher)
-    result = fairness.load_entry(str(path), fairness.Requested(attacks=("clean",), eps=8 / 255, dataset="toy", n_examples=40))
+    result = reports.load_entry(str(path), reports.Requested(attacks=("clean",), eps=8 / 255, dataset="toy", n_examples=40))
     assert list(result.correct) == ["clean"]
 
 
 def test_unreadable_or_foreign_reports(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
-        fairness.load_entry(str(tmp_path / "missing.json"))
+        reports.load_entry(str(tmp_path / "missing.json"))
     (tmp_path / "other.json").write_text('{"schema": "something/else@1"}')
     with pytest.raises(UsageError, match="not a robustdistill report.json"):
-        fairness.load_entry(str(tmp_path / "other.json"))
+        reports.load_entry(str(tmp_path / "other.json"))
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(UsageError, match="not a readable report.json"):
-        fairness.load_entry(str(tmp_path / "broken.json"))
+        reports.load_entry(str(tmp_path / "broken.json"))
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(UsageError, match="without report.json"):
-        fairness.load_entry(str(tmp_path / "empty_run"))
+        reports.load_entry(str(tmp_path / "empty_run"))
 
 
 # --------------------------------------------------------------------------- files
@@ -291,7 +294,7 @@ def check_png(path: Path) -> tuple[int, int]:
 
 def test_write_outputs(tmp_path: Path, teacher, student) -> None:
     comp = fairness.compare([("teacher", teacher), ("student", student), ("flat", make_result("flat", FLAT))])
-    paths = fairness.write_outputs(comp, tmp_path / "out")
+    paths = render.write_fairness(comp, tmp_path / "out")
     names = {p.name for p in paths}
     assert {"fairness.json", "fairness.md", "per_class_pgd.png", "scatter_pgd.png", "delta_pgd.png",
             "per_class_clean.png"} <= names
@@ -319,19 +322,19 @@ def test_plots_stay_readable_with_100_classes(tmp_path: Path) -> None:
         return EvaluationResult(name, "toy100", "test", names, labels, {"clean": clean}, EvalSettings())
 
     comp = fairness.compare([("teacher", random_result("t")), ("student", random_result("s"))])
-    for path in fairness.write_plots(comp, tmp_path):
+    for path in render.comparison_plots(comp, tmp_path):
         width, _ = check_png(path)
         if path.name.startswith(("per_class", "delta")):
             assert width == 2000  # capped, not 100 x bar width
-    table_md = fairness.fairness_markdown(comp)
+    table_md = render.fairness_markdown(comp)
     assert "| class99 |" in table_md  # the headline attack keeps its per-class table
 
 
-def test_summary_table_renders_in_80_columns(comparison: dict) -> None:
+def test_summary_table_renders_in_80_columns(comparison: Comparison) -> None:
     from rich.console import Console
 
     console = Console(width=80, record=True)
-    console.print(fairness.summary_table(comparison))
+    console.print(render.summary_table(comparison))
     text = console.export_text()
     assert "PGD-20" in text and "student" in text and "85%" in text and "50%" in text and "0.99" in text
     assert max(len(line) for line in text.splitlines()) <= 80
