@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
@@ -73,7 +73,7 @@ import torch
 
 from ._utils import format_fraction, versions
 from .errors import UsageError
-from .evaluation import ATTACKS, EvalSettings, EvaluationResult, parse_attacks
+from .evaluation import ATTACKS, EvaluationResult, attack_names
 from .metrics import AttackSummary, ClassScore, PairedTest, headline_attack, paired_test, spread_change_interval
 
 SCHEMA = "robustdistill/fairness@1"
@@ -154,14 +154,10 @@ def _refuse(ref: str, other: str, what: str, a: Any, b: Any, fix: str) -> UsageE
     return UsageError(f"cannot compare {other} with {ref}: {what} differs ({ref}: {a}, {other}: {b}); {fix}")
 
 
-def _attack_params(settings: EvalSettings, attack: str) -> dict[str, Any]:
-    """The settings that change an attack's numbers (not seed or library versions)."""
-    return {
-        "clean": {}, "fgsm": {},
-        "pgd": {"pgd_steps": settings.pgd_steps, "step_size": settings.step, "restarts": settings.pgd_restarts},
-        "cw": {"cw_steps": settings.cw_steps, "step_size": settings.step, "cw_confidence": settings.cw_confidence},
-        "aa": {"aa_version": settings.aa_version},
-    }[attack]
+def _attack_params(result: EvaluationResult, attack: str) -> dict[str, Any]:
+    """The parameters that change an attack's numbers (not the seed or the library versions)."""
+    params = result.attack(attack).parameters(result.settings.eps)
+    return {k: v for k, v in params.items() if k != "implementation"}
 
 
 def _check_data(ref: tuple[str, EvaluationResult], other: tuple[str, EvaluationResult]) -> None:
@@ -188,7 +184,7 @@ def _check_settings(ref: tuple[str, EvaluationResult], other: tuple[str, Evaluat
         raise _refuse(rl, ol, "eps", format_fraction(r.settings.eps), format_fraction(o.settings.eps),
                       "evaluate every model at the same --eps")
     for attack in attacks:
-        a, b = _attack_params(r.settings, attack), _attack_params(o.settings, attack)
+        a, b = _attack_params(r, attack), _attack_params(o, attack)
         for key in a:
             if a[key] != b[key]:
                 raise _refuse(rl, ol, f"{attack} {key}", a[key], b[key], "re-evaluate with the same attack settings")
@@ -203,7 +199,7 @@ def common_attacks(entries: Sequence[tuple[str, EvaluationResult]], attacks: Seq
     """
     ref_label, ref = entries[0]
     if attacks is not None:
-        wanted = parse_attacks(list(attacks))
+        wanted = attack_names(list(attacks))
         for label, result in entries:
             missing = [a for a in wanted if a not in result.correct]
             if missing:
@@ -212,10 +208,10 @@ def common_attacks(entries: Sequence[tuple[str, EvaluationResult]], attacks: Seq
         return wanted
     for label, result in entries[1:]:
         if set(result.correct) != set(ref.correct):
-            shared = [a for a in ATTACKS if a in ref.correct and a in result.correct]
+            shared = [a for a in ATTACKS.names() if a in ref.correct and a in result.correct]
             raise _refuse(ref_label, label, "the set of attacks", ",".join(ref.correct), ",".join(result.correct),
                           f"pass --attacks {','.join(shared)} to compare the common ones")
-    return [a for a in ATTACKS if a in ref.correct]
+    return [a for a in ATTACKS.names() if a in ref.correct]
 
 
 def check_compatible(entries: Sequence[tuple[str, EvaluationResult]], attacks: Sequence[str] | None = None) -> list[str]:
@@ -401,17 +397,20 @@ class ModelEntry:
     seed: int
     info: Mapping[str, Any]
     results: Mapping[str, AttackSummary]
+    provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"label": self.label, "role": self.role, "id": self.id, "seed": self.seed, "info": dict(self.info),
-                "results": {a: s.to_dict() for a, s in self.results.items()}}
+                "results": {a: s.to_dict() for a, s in self.results.items()},
+                "provenance": {a: dict(p) for a, p in self.provenance.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelEntry":
         """Rebuild from :meth:`to_dict` output (or its JSON)."""
         return cls(data["label"], data["role"], data["id"], int(data["seed"]), dict(data.get("info", {})),
-                   {a: AttackSummary.from_dict(s) for a, s in data["results"].items()})
+                   {a: AttackSummary.from_dict(s) for a, s in data["results"].items()},
+                   dict(data.get("provenance") or {}))
 
 
 @dataclass(frozen=True)
@@ -574,7 +573,8 @@ def compare_attack(ref: AttackSummary, stu: AttackSummary, class_names: Sequence
 
 def _model_entry(label: str, role: str, result: EvaluationResult, attacks: Sequence[str]) -> ModelEntry:
     return ModelEntry(label, role, result.model_id, result.settings.seed, dict(result.model_info),
-                      {a: result.summary(a) for a in attacks})
+                      {a: result.summary(a) for a in attacks},
+                      {a: dict(result.provenance[a]) for a in attacks if a in result.provenance})
 
 
 def _student_comparison(ref: tuple[ModelEntry, EvaluationResult], stu: tuple[ModelEntry, EvaluationResult],
@@ -610,7 +610,7 @@ def compare(entries: Sequence[tuple[str, EvaluationResult]], *, attacks: Sequenc
         reference=ref_label,
         headline_attack=headline_attack({a: models[0].results[a].accuracy for a in chosen}),
         data=DataInfo(ref.dataset, ref.split, ref.n_examples, tuple(ref.class_names), models[0].results[chosen[0]].class_counts),
-        settings=ComparisonSettings(ref.settings.eps, {a: ref.settings.describe(a) for a in chosen}),
+        settings=ComparisonSettings(ref.settings.eps, {a: ref.attack(a).parameters(ref.settings.eps) for a in chosen}),
         models=tuple(models), comparisons=students, definitions=dict(DEFINITIONS), versions=versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ._utils import format_fraction
 from .errors import UsageError
-from .evaluation import EvaluationResult, parse_attacks
+from .evaluation import EvaluationResult, attack_names
 from .fairness import Comparison, compare
 
 if TYPE_CHECKING:
@@ -171,21 +170,24 @@ def default_labels(specs: Sequence[str], results: Sequence[EvaluationResult]) ->
     return out
 
 
-def _resolve_settings(reports: dict[int, EvaluationResult], specs: Sequence[str], requested: Requested) -> dict[str, Any]:
+def _resolve_settings(reports: dict[int, EvaluationResult], specs: Sequence[str], requested: Requested,
+                      options: ModelOptions | None = None) -> dict[str, Any]:
     """Settings for the models still to evaluate: explicit > first stored report > model file > defaults."""
     from . import api
 
     first = next(iter(reports.values()), None)
     if first is not None:
+        overrides = {f"{a}_{k}": v for a, values in first.settings.params.items() for k, v in values.items()}
         return {"dataset": requested.dataset or first.dataset,
                 "eps": requested.eps if requested.eps is not None else first.settings.eps,
                 "n_examples": requested.n_examples if requested.n_examples is not None else first.n_examples,
                 "attacks": list(requested.attacks) if requested.attacks else list(first.correct),
-                "pgd_steps": first.settings.pgd_steps, "step_size": first.settings.step_size, "seed": first.settings.seed}
-    saved = api.saved_config(specs[0]) if not specs[0].startswith(("robustbench:", "timm:")) else {}
-    eps = requested.eps if requested.eps is not None else saved.get("eps")
-    return {"dataset": requested.dataset, "eps": eps if eps is not None else 8 / 255,
-            "n_examples": requested.n_examples, "attacks": list(requested.attacks or ("clean", "pgd"))}
+                "attack_params": overrides, "seed": first.settings.seed,
+                "batch_size": first.batch_size}
+    # No stored report: the first model's training budget (api.evaluate's rule: required when it records none).
+    eps = requested.eps if requested.eps is not None else api.model_budget(specs[0], None, api.model_options(options))
+    return {"dataset": requested.dataset, "eps": eps, "n_examples": requested.n_examples,
+            "attacks": list(requested.attacks or ("clean", "pgd"))}
 
 
 def fairness_report(
@@ -197,10 +199,11 @@ def fairness_report(
     attacks: str | Sequence[str] | None = None,
     eps: float | str | None = None,
     n_examples: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | None = None,
     seed: int | None = None,
     options: ModelOptions | None = None,
+    reuse: bool = True,
 ) -> Comparison:
     """Load or evaluate every model, then :func:`~robustdistill.fairness.compare` them (the first is the reference).
 
@@ -215,64 +218,34 @@ def fairness_report(
     if labels is not None and len(labels) != len(models):
         raise UsageError(f"--labels gives {len(labels)} names for {len(models)} models; give one per model")
     requested = Requested(dataset, parse_fraction(eps) if eps is not None else None, n_examples,
-                          tuple(parse_attacks(attacks)) if attacks is not None else None)
+                          tuple(attack_names(attacks)) if attacks is not None else None)
     reports = {k: load_entry(spec, requested) for k, spec in enumerate(models) if report_path(spec) is not None}
     results: dict[int, EvaluationResult] = dict(reports)
     todo = [k for k in range(len(models)) if k not in reports]
     if todo:
-        results.update(_evaluate_all(models, todo, reports, requested, data_dir, batch_size, device, seed, options))
+        results.update(_evaluate_all(models, todo, reports, requested, data_dir, batch_size, device, seed, options, reuse))
     ordered = [results[k] for k in range(len(models))]
     names = list(labels) if labels is not None else default_labels(models, ordered)
     return compare(list(zip(names, ordered)), attacks=requested.attacks)
 
 
 def _evaluate_all(models: Sequence[str], todo: Sequence[int], reports: dict[int, EvaluationResult], requested: Requested,
-                  data_dir: str | Path | None, batch_size: int, device: str | None, seed: int | None,
-                  options: ModelOptions | None) -> dict[int, EvaluationResult]:
+                  data_dir: str | Path | None, batch_size: int | None, device: str | None, seed: int | None,
+                  options: ModelOptions | None, reuse: bool) -> dict[int, EvaluationResult]:
     """Evaluate the models that are not stored reports, on data loaded once."""
     from . import api
     from .data import load_dataset
 
-    settings = _resolve_settings(reports, [models[k] for k in todo], requested)
-    name = settings.pop("dataset") or api.resolve_dataset_name(models[todo[0]], None)
+    settings = _resolve_settings(reports, [models[k] for k in todo], requested, options)
+    name = settings.pop("dataset") or api.resolve_dataset_name(models[todo[0]], None, api.model_options(options))
     splits = load_dataset(name, data_dir)
     if seed is not None:
         settings["seed"] = seed
-    kwargs = {**settings, "batch_size": batch_size, "device": device, "splits": splits}
+    # The batch size is part of the protocol (each batch has its own random start): a stored
+    # report's wins unless one is asked for.
+    batch = batch_size or settings.pop("batch_size", None) or 256
+    settings.pop("batch_size", None)
+    kwargs = {**settings, "batch_size": batch, "device": device, "splits": splits, "reuse": reuse}
     if options is not None:
         kwargs["options"] = options
     return {k: api.evaluate(models[k], **kwargs) for k in todo}
-
-
-def reuse_provenance(model_info: Mapping[str, Any], attacks: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Where each attack's numbers of a reused evaluation come from: ``{attack: {"source", "computed"}}``.
-
-    Args:
-        model_info: an evaluation's ``model_info`` (``EvaluationResult.model_info``, ``ModelEntry.info``);
-            :mod:`robustdistill.eval_cache` records the reused file there as ``reused_evaluation``.
-        attacks: the attacks of that evaluation.
-
-    Returns:
-        Empty for a fresh evaluation. ``computed`` is the ``created`` time stored in the reused
-        file (the user cache, or the evaluation shipped next to a bundled model), or
-        ``"time not recorded"`` when that file cannot be read any more.
-    """
-    source = model_info.get("reused_evaluation")
-    if not source:
-        return {}
-    computed = _created_time(str(source)) or "time not recorded"
-    return {attack: {"source": str(source), "computed": computed} for attack in attacks}
-
-
-def _created_time(source: str) -> str | None:
-    """The ``created`` field of the report behind an eval-cache source string, if it can be read."""
-    if source.startswith("bundled:"):
-        name = source.split(":", 1)[1].split(" ", 1)[0]
-        path = Path(str(resources.files("robustdistill") / "assets" / f"{name}.report.json"))
-    else:
-        path = Path(source)
-    try:
-        created = json.loads(path.read_text()).get("created")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(created) if created else None

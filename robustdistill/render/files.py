@@ -1,8 +1,8 @@
 """Writing report files: report.json/report.md of ``evaluate``, fairness.json/.md with plots, a run's report.
 
 Every file is written atomically (temporary file + rename); plots render headless (Agg). When no
-provenance is passed, reused evaluations are described from ``model_info["reused_evaluation"]``
-and the creation time stored in the reused file (:func:`robustdistill.reports.reuse_provenance`).
+provenance is passed, each evaluation's own per-attack ``provenance`` says which numbers were reused
+from an earlier evaluation, from where, and when they were computed.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Any, Mapping
 from .._utils import atomic_write_json, atomic_write_text
 from ..evaluation import EvaluationResult
 from ..fairness import Comparison
-from ..reports import reuse_provenance
 from .markdown import RunHeader, evaluation_document, fairness_markdown, run_markdown
 from .plots import comparison_plots, run_plot, scatter_skips
-from .text import Provenance
+from .text import Provenance, reused_only
 from .verdicts import attack_verdict
 
 
@@ -39,7 +38,7 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
 
 def result_provenance(result: EvaluationResult) -> dict[str, dict[str, str]]:
     """Per-attack provenance of ``result`` when it was reused from an earlier evaluation (else empty)."""
-    return reuse_provenance(result.model_info, result.correct)
+    return reused_only(result.provenance)
 
 
 def write_evaluation(result: EvaluationResult, out_dir: str | Path, provenance: Provenance | None = None) -> tuple[Path, Path]:
@@ -67,7 +66,7 @@ def write_fairness(comparison: Comparison, out_dir: Path | str, *, plots: bool =
     images = comparison_plots(comparison, out) if plots else []
     notes = {a: list(scatter_skips(comparison, a).values()) for a in comparison.attacks} if plots else {}
     origin = provenance if provenance is not None else {
-        m.label: reuse_provenance(m.info, m.results) for m in comparison.models}
+        m.label: reused_only(m.provenance) for m in comparison.models}
     atomic_write_json(out / "fairness.json", comparison_json(comparison))
     atomic_write_text(out / "fairness.md", fairness_markdown(comparison, images, origin, notes))
     return [out / "fairness.json", out / "fairness.md", *images]

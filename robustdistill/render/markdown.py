@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 from ..evaluation import EvaluationResult
 from ..fairness import AttackComparison, Comparison
 from ..metrics import AttackSummary, wilson_interval
-from .text import (Provenance, attack_label, eps_text, fallback_provenance, fmt, interval_pct, interval_pts, names_list,
+from .text import (Provenance, attack_label, eps_text, reused_only, fmt, interval_pct, interval_pts, names_list,
                    p_cell, params_text, pct, provenance_lines, ratio_pct, scope, signed_pts)
 from .verdicts import verdicts
 
@@ -55,7 +55,7 @@ def comparison_scope(comparison: Comparison) -> str:
 
 def attack_params(result: EvaluationResult) -> dict[str, dict[str, Any]]:
     """Each evaluated attack's parameters, as stored with its numbers."""
-    return {a: result.settings.describe(a) for a in result.correct}
+    return {a: result.attack(a).parameters(result.settings.eps) for a in result.correct}
 
 
 def _provenance_block(provenance: Provenance, labels: Mapping[str, str]) -> list[str]:
@@ -103,12 +103,12 @@ def evaluation_markdown(result: EvaluationResult, heading: str | None = None, pr
         result: the evaluation.
         heading: the section title (default: the model id).
         provenance: attack -> ``{"source", "computed"}`` for attacks reused from an earlier
-            evaluation (default: what ``result.model_info["reused_evaluation"]`` says, without a time).
+            evaluation (default: the result's own ``provenance``).
     """
     params = attack_params(result)
     labels = {a: attack_label(a, p) for a, p in params.items()}
     summaries = {a: result.summary(a) for a in params}
-    origin = provenance if provenance is not None else fallback_provenance(result.model_info, params)
+    origin = provenance if provenance is not None else reused_only(result.provenance)
     lines = [f"## {heading or result.model_id}", "",
              f"Model `{result.model_id}` on dataset **{result.dataset}** ({result.split} split, first {result.n_examples} "
              f"examples), L∞ eps = {eps_text(result.settings.eps)}, seed {result.settings.seed}.",
@@ -201,7 +201,7 @@ def _md_evidence(comparison: Comparison, provenance: Mapping[str, Provenance] | 
         sha = m.info.get("sha256")
         role = " (reference)" if m.role == "reference" else ""
         lines.append(f"- **{m.label}**{role}: `{m.id}`" + (f", sha256 {sha[:16]}…" if sha else "") + f", evaluation seed {m.seed}.")
-        origin = (provenance or {}).get(m.label) or fallback_provenance(m.info, labels)
+        origin = (provenance or {}).get(m.label) or reused_only(m.provenance)
         lines += [f"  Not attacked again – {line}" for line in provenance_lines(origin, labels)]
     return lines
 

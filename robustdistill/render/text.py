@@ -7,6 +7,8 @@ that is undefined (a correlation without variance).
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Iterable, Mapping
 
 from .._utils import format_fraction
@@ -74,15 +76,21 @@ def interval_noise_word(ci: tuple[float, float] | None) -> str:
 
 
 def attack_label(attack: str, params: Mapping[str, Any] | None = None) -> str:
-    """The display name of an attack: ``Clean``, ``FGSM``, ``PGD-20``, ``CW∞-20``, ``AutoAttack``.
+    """The display name of an attack (``Clean``, ``PGD-20``, ``CW∞-20``, ``AutoAttack``), from its attack object.
 
-    The one place attack names are turned into labels (iterative attacks carry their step count
-    from ``params``, the parameters stored with the numbers).
+    ``params`` are the parameters stored with the numbers; those that are fields of the attack
+    (``steps``, ``version``) configure the object whose ``label`` is shown.
     """
-    name = ATTACK_NAMES.get(attack, attack)
-    if attack in ("pgd", "cw") and params and "steps" in params:
-        return f"{name}-{params['steps']}"
-    return name
+    from ..evaluation import ATTACKS
+
+    if attack not in ATTACKS:
+        return attack
+    default = ATTACKS.get(attack)
+    fields = {f.name for f in dataclasses.fields(default)}
+    try:
+        return dataclasses.replace(default, **{k: v for k, v in (params or {}).items() if k in fields}).label
+    except Exception:  # noqa: BLE001 - a label must never fail a report
+        return default.label
 
 
 def params_text(params: Mapping[str, Any]) -> str:
@@ -107,12 +115,9 @@ def names_list(labels: Iterable[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def fallback_provenance(info: Mapping[str, Any], attacks: Iterable[str]) -> dict[str, dict[str, str]]:
-    """Provenance from ``model_info["reused_evaluation"]`` alone, when the caller has no better record."""
-    source = info.get("reused_evaluation")
-    if not source:
-        return {}
-    return {a: {"source": str(source), "computed": "time not recorded"} for a in attacks}
+def reused_only(provenance: Mapping[str, Mapping[str, str]] | None) -> dict[str, dict[str, str]]:
+    """The entries of a per-attack provenance that were reused from an earlier evaluation."""
+    return {a: dict(p) for a, p in (provenance or {}).items() if p.get("source", "computed") != "computed"}
 
 
 def provenance_lines(provenance: Provenance, labels: Mapping[str, str]) -> list[str]:
