@@ -183,7 +183,9 @@ def load_report(path: str | Path) -> EvaluationResult:
     """Read a report.json written by ``evaluate --out`` back into an :class:`EvaluationResult`."""
     from .reports import read_evaluation
 
-    return read_evaluation(Path(path))
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"load_report needs a path to a report.json, not {type(path).__name__}")
+    return read_evaluation(path)
 
 
 __all__ = ["describe_model", "evaluate", "load_report", "model_budget", "model_options", "open_model",

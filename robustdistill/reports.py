@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ._utils import format_fraction
-from .errors import UsageError
+from .errors import RobustDistillError, UsageError
 from .evaluation import EvaluationResult, attack_names
+from .evaluation.result import LEGACY_SCHEMA as LEGACY_EVALUATION_SCHEMA
+from .evaluation.result import SCHEMA as EVALUATION_SCHEMA
 from .fairness import Comparison, compare
 
 if TYPE_CHECKING:
     from .api import ModelOptions
 
-EVALUATION_SCHEMA = "robustdistill/evaluation@1"
-DISTILL_SCHEMA = "robustdistill/distill@1"
+EVALUATION_SCHEMAS = (EVALUATION_SCHEMA, LEGACY_EVALUATION_SCHEMA)
+DISTILL_SCHEMA = "robustdistill/distill@2"
+DISTILL_SCHEMAS = (DISTILL_SCHEMA, "robustdistill/distill@1")
 SELECTORS = ("student", "teacher")
 
 
@@ -70,19 +73,39 @@ def read_report(path: Path, selector: str | None, shown: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{shown} is not a readable report.json ({str(exc).splitlines()[0]})") from None
     schema = data.get("schema") if isinstance(data, dict) else None
-    if schema == EVALUATION_SCHEMA:
+    if schema in EVALUATION_SCHEMAS:
         if selector is not None:
             raise UsageError(f"{shown}: #{selector} only applies to a distill report.json; drop the #{selector}")
         return data
-    if schema == DISTILL_SCHEMA:
+    if schema in DISTILL_SCHEMAS:
         role = selector or "student"
         if role not in SELECTORS:
             raise UsageError(f"{shown}: unknown selector #{role}; use #student or #teacher")
         part = data.get(role)
-        if not isinstance(part, dict) or part.get("schema", EVALUATION_SCHEMA) != EVALUATION_SCHEMA or "per_sample" not in part:
+        if not isinstance(part, dict) or part.get("schema") not in EVALUATION_SCHEMAS or "per_sample" not in part:
             raise UsageError(f"{shown} holds no per-sample {role} evaluation; re-run `robustdistill evaluate` on the {role}")
         return part
     raise UsageError(f"{shown} is not a robustdistill report.json (schema {schema!r}); expected {EVALUATION_SCHEMA} or {DISTILL_SCHEMA}")
+
+
+def read_evaluation(spec: str | Path) -> EvaluationResult:
+    """The evaluation in a report.json (``RUN/report.json#teacher`` selects a distill run's teacher) or run directory.
+
+    Raises:
+        UsageError: missing, unreadable, foreign or damaged files (one line).
+    """
+    shown = str(spec)
+    path = report_path(shown)
+    if path is None:
+        raise UsageError(f"{shown} is not a report.json or a run directory; pass one written by `robustdistill evaluate --out` or `distill`")
+    _, selector = split_selector(shown)
+    data = read_report(path, selector, shown)
+    try:
+        return EvaluationResult.from_dict(data)
+    except RobustDistillError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UsageError(f"{shown} is damaged ({type(exc).__name__}: {str(exc)[:80]}); re-create it with `robustdistill evaluate --out`") from None
 
 
 def check_requested(result: EvaluationResult, requested: Requested, shown: str) -> EvaluationResult:
@@ -105,9 +128,7 @@ def check_requested(result: EvaluationResult, requested: Requested, shown: str) 
     if missing:
         raise UsageError(f"{shown} has no {', '.join(missing)} results (it has {', '.join(result.correct)}); "
                          f"drop {', '.join(missing)} from --attacks or re-evaluate the model")
-    keep = {a: c for a, c in result.correct.items() if a in requested.attacks}
-    return EvaluationResult(result.model_id, result.dataset, result.split, result.class_names, result.labels, keep,
-                            result.settings, {a: s for a, s in result.seconds.items() if a in keep}, result.model_info)
+    return result.restricted([a for a in result.correct if a in requested.attacks])
 
 
 def load_entry(
@@ -131,9 +152,7 @@ def load_entry(
     """
     path = report_path(path_or_model)
     if path is not None:
-        _, selector = split_selector(path_or_model)
-        result = EvaluationResult.from_dict(read_report(path, selector, path_or_model))
-        return check_requested(result, requested, path_or_model)
+        return check_requested(read_evaluation(path_or_model), requested, path_or_model)
     from . import api
 
     kwargs = dict(evaluate_kwargs or {})
