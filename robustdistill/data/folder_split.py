@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Iterator, Sequence
 
 import torch
@@ -22,21 +23,21 @@ class FolderSplit(Split):
     it is read in the main process, so a pass yields exactly what a fresh loader would. A pass that
     starts while another one over the same split is still running (two interleaved iterators) gets
     a loader of its own, since a persistent loader can serve only one pass at a time.
-    :meth:`close` stops the workers; they also stop when the split is garbage-collected.
+    :meth:`close` stops the workers; they also stop as soon as the split is garbage-collected.
     """
 
     def __init__(self, name: str, files: Sequence[str], labels: torch.Tensor, image_size: int, channels: int) -> None:
         self.name, self.files, self.labels = name, list(files), labels.long()
         self.image_size, self.channels = image_size, channels
-        self._loaders: dict[tuple[int, int, bool], _Loader] = {}
+        weakref.finalize(self, _drop_loaders, id(self)).atexit = False
 
     def subset(self, indices: torch.Tensor) -> "FolderSplit":
         files = [self.files[i] for i in indices.tolist()]
         return FolderSplit(self.name, files, self.labels[indices], self.image_size, self.channels)
 
     def close(self) -> None:
-        """Stop this split's loader workers (a later pass starts new ones)."""
-        self._loaders.clear()
+        """Stop this split's loader workers (a pass still running keeps its workers until it ends)."""
+        _drop_loaders(id(self), wait_for_passes=True)
 
     def batches(self, batch_size: int, device: torch.device, order: torch.Tensor | None = None) -> Iterator[Batch]:
         order = torch.arange(len(self)) if order is None else order
@@ -53,18 +54,20 @@ class FolderSplit(Split):
                     self._raise_decode_error(int(idx[failed][0]))
                 yield x.to(device, non_blocking=True).float().div_(255.0), y.to(device, non_blocking=True), idx
         finally:
-            loader.busy = False
+            loader.finish()
+            # A traceback keeps this frame's locals alive: it must not keep the loader (see _PERSISTENT).
+            del loader
 
     def _loader(self, batch_size: int, workers: int, pin: bool) -> "_Loader":
         dataset = _FileDataset(self.files, self.labels, self.image_size, self.channels)
         if workers == 0:  # decoding in this process: nothing to keep alive
             return _Loader(dataset, batch_size, 0, pin)
-        key = (batch_size, workers, pin)
-        cached = self._loaders.get(key)
+        key = (id(self), batch_size, workers, pin)
+        cached = _PERSISTENT.get(key)
         if cached is None:
-            cached = self._loaders[key] = _Loader(dataset, batch_size, workers, pin)
+            cached = _PERSISTENT[key] = _Loader(dataset, batch_size, workers, pin, key=key)
         elif cached.busy:
-            return _Loader(dataset, batch_size, workers, pin, persistent=False)
+            return _Loader(dataset, batch_size, workers, pin)
         return cached
 
     def _raise_decode_error(self, index: int) -> None:
@@ -73,6 +76,24 @@ class FolderSplit(Split):
         path = self.files[index]
         read_image(path, self.image_size, self.channels)
         raise DataError(f"cannot decode image {path!r} in a data-loading worker; check the file and run again")
+
+
+# Persistent loaders live here, keyed by (id(split), batch size, workers, pinning), and nowhere
+# else once a pass is over. Were they reachable only from garbage (a split, or a frame kept by an
+# exception's traceback, dying in a reference cycle), the cyclic garbage collector could finalise a
+# loader's multiprocessing queues before the loader's own shutdown runs: the stop signal would
+# never reach the workers, each costing a 5 s join timeout at some random later moment. Dropping
+# them from here instead - when the split is collected (weakref finaliser), on close(), or when a
+# closed loader's pass ends - shuts them down at once, by reference count, with intact queues.
+_PERSISTENT: dict[tuple[int, int, int, bool], "_Loader"] = {}
+
+
+def _drop_loaders(split_id: int, wait_for_passes: bool = False) -> None:
+    for key in [k for k in _PERSISTENT if k[0] == split_id]:
+        if wait_for_passes and _PERSISTENT[key].busy:
+            _PERSISTENT[key].closing = True
+        else:
+            del _PERSISTENT[key]
 
 
 class _OrderSampler(Sampler[int]):
@@ -89,19 +110,28 @@ class _OrderSampler(Sampler[int]):
 
 
 class _Loader:
-    """One DataLoader and the sampler whose order it follows; ``busy`` while a pass is running."""
+    """One DataLoader and the sampler whose order it follows; ``busy`` while a pass is running.
 
-    def __init__(self, dataset: "_FileDataset", batch_size: int, workers: int, pin: bool, persistent: bool = True) -> None:
+    With ``key`` it is a persistent loader registered in ``_PERSISTENT`` under that key.
+    """
+
+    def __init__(self, dataset: "_FileDataset", batch_size: int, workers: int, pin: bool,
+                 key: tuple[int, int, int, bool] | None = None) -> None:
         self.sampler = _OrderSampler()
-        self.busy = False
+        self.key, self.busy, self.closing = key, False, False
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-            pin_memory=pin, persistent_workers=persistent and workers > 0,
+            pin_memory=pin, persistent_workers=key is not None,
         )
 
     def start(self, order: list[int]) -> None:
         self.busy = True
         self.sampler.order = order
+
+    def finish(self) -> None:
+        self.busy = False
+        if self.closing and self.key is not None:
+            _PERSISTENT.pop(self.key, None)
 
 
 class _FileDataset(Dataset):

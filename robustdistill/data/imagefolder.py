@@ -20,6 +20,7 @@ Layout rules (each broken rule is a one-line :class:`DataError` naming the folde
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import DataError
 from .folder_split import FolderSplit
-from .images import IMAGE_SUFFIXES, decide_geometry, read_header
+from .images import IMAGE_SUFFIXES, decide_geometry, read_headers
 from .sampling import SPLIT_SEED, carve_val, renamed, stratified_split
 from .spec import LoadOptions, RunDefaults, register_dataset
 from .splits import DatasetInfo, DatasetSplits
@@ -61,7 +62,7 @@ def load_imagefolder(options: LoadOptions) -> DatasetSplits:
     if not root.is_dir():
         raise DataError(f"imagefolder {str(root)!r} is a file, not a folder; pass --data-dir to a folder of class folders")
     layout = scan_layout(root)
-    headers = [read_header(f) for folder in layout.values() for f in folder.files]
+    headers = read_headers([f for folder in layout.values() for f in folder.files])
     size, channels, notes = decide_geometry(headers, options.image_size)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
     classes = layout["train" if "train" in layout else "all"].classes
@@ -144,17 +145,33 @@ def _images_in(folder: Path) -> tuple[list[str], list[str]]:
     _check_readable(folder)
     images: list[str] = []
     others: list[str] = []
+    skip = len(str(folder))
     for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        name = str(path)
+        if os.sep + "." in name[skip:]:  # hidden, or inside a hidden folder
             continue
-        if path.is_dir():
+        kind = _kind(path)
+        if kind == "dir":
             if not path.is_symlink():  # rglob does not descend into symlinked folders
                 _check_readable(path)
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             others.append(path.name)
-        elif _is_image_file(path):
-            images.append(str(path))
+        elif kind == "file":
+            images.append(name)
+        elif kind == "missing":
+            raise DataError(f"{name!r} is a broken symbolic link; fix or delete it")
+        else:  # a pipe or device with an image suffix: opening it could block forever
+            raise DataError(f"{name!r} is not a regular file (a pipe, socket or device); delete it")
     return images, others
+
+
+def _kind(path: Path) -> str:
+    """``dir``, ``file``, ``missing`` (a dangling symlink) or ``other``, with one stat call."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
 def _check_readable(folder: Path) -> None:
@@ -162,15 +179,6 @@ def _check_readable(folder: Path) -> None:
     if not os.access(folder, os.R_OK | os.X_OK):
         raise DataError(f"cannot read folder {str(folder)!r} (permission denied); fix its permissions "
                         "or move it out of --data-dir")
-
-
-def _is_image_file(path: Path) -> bool:
-    if path.is_file():
-        return True
-    if not path.exists():
-        raise DataError(f"{str(path)!r} is a broken symbolic link; fix or delete it")
-    # A pipe or device with an image suffix: opening it could block forever.
-    raise DataError(f"{str(path)!r} is not a regular file (a pipe, socket or device); delete it")
 
 
 def _build_splits(layout: dict[str, ClassFolders], info: DatasetInfo, val_size: int | None,

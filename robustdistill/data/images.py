@@ -3,15 +3,14 @@
 Every file of an image folder has its header parsed when the folder is loaded (before any run
 directory is claimed): Pillow reads only the first bytes of a file for that, so it is cheap even
 for large folders. That catches files that are not images (or not a format Pillow reads), headers
-cut short, declared sizes over :data:`MAX_IMAGE_PIXELS` (decompression bombs) and pixel modes that
-cannot be converted. It does not catch damage after the header - truncated or corrupt pixel data,
+cut short, declared sizes over :data:`MAX_IMAGE_PIXELS` (decompression bombs) and floating-point
+pixels (no fixed range). It does not catch damage after the header - truncated or corrupt pixel data,
 bad chunk checksums - which only a full decode finds; :func:`read_image` reports that as a
 :class:`DataError` naming the file, when the file is first read.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,21 +60,29 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def read_header(path: str) -> ImageHeader:
-    """Parse the header of the image file ``path`` (size and mode) without decoding its pixels.
+def read_headers(paths: Sequence[str]) -> list[ImageHeader]:
+    """Parse the header of every image file in ``paths`` (size and mode) without decoding pixels.
 
     Raises:
-        DataError: the file is not a readable image, declares more than :data:`MAX_IMAGE_PIXELS`
-            pixels, or has a pixel mode that cannot be converted to grayscale or RGB.
+        DataError: naming the first file that is not a readable image, declares more than
+            :data:`MAX_IMAGE_PIXELS` pixels, or holds floating-point pixels.
     """
     from PIL import Image
 
+    with warnings.catch_warnings():
+        # Our own, lower bound decides (check_header); Pillow's warning would only repeat it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return [read_header(path) for path in paths]
+
+
+def read_header(path: str) -> ImageHeader:
+    """Parse the header of one image file; see :func:`read_headers` (which also silences Pillow's
+    decompression-bomb warning, made redundant by our lower bound)."""
+    from PIL import Image
+
     try:
-        with warnings.catch_warnings():
-            # Our own, lower bound decides below; Pillow's warning would only repeat it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                header = ImageHeader(path, img.size[0], img.size[1], img.mode)
+        with Image.open(path) as img:
+            header = ImageHeader(path, img.size[0], img.size[1], img.mode)
     except Image.DecompressionBombError as exc:
         # Pillow refuses sizes over twice its limit before saying what they are; read them ourselves.
         size = _declared_size(path)
@@ -105,7 +112,7 @@ def _declared_size(path: str) -> tuple[int, int] | None:
 
 
 def check_header(header: ImageHeader) -> None:
-    """Refuse a declared size over :data:`MAX_IMAGE_PIXELS` and pixel modes we cannot convert."""
+    """Refuse a declared size over :data:`MAX_IMAGE_PIXELS`, and floating-point pixels."""
     w, h = header.width, header.height
     if w * h > MAX_IMAGE_PIXELS:
         raise DataError(
@@ -117,23 +124,6 @@ def check_header(header: ImageHeader) -> None:
         # Floating-point pixels have no fixed range to map onto [0, 1]; converting clips them.
         raise DataError(f"{header.path!r} holds 32-bit floating-point pixels, which have no fixed range; "
                         "save it as an 8- or 16-bit image")
-    targets = ("L", "RGB") if header.gray else ("RGB",)
-    mode = "L" if header.mode in SIXTEEN_BIT_MODES else header.mode
-    if not all(_convertible(mode, t) for t in targets):
-        raise DataError(f"{header.path!r} has pixel mode {header.mode}, which cannot be converted to "
-                        f"{' and '.join(targets)}; save it as an 8-bit grayscale or RGB image")
-
-
-@functools.lru_cache(maxsize=None)
-def _convertible(mode: str, target: str) -> bool:
-    # A 1x1 image of the mode tells whether Pillow can convert it, without decoding any file.
-    from PIL import Image
-
-    try:
-        Image.new(mode, (1, 1)).convert(target)
-    except (ValueError, OSError):
-        return False
-    return True
 
 
 def decide_geometry(headers: Sequence[ImageHeader], image_size: int | None) -> tuple[int, int, list[str]]:

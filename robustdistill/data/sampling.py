@@ -64,6 +64,9 @@ def carve_val(train: S, val_size: int | None) -> tuple[S, S]:
     """
     n = len(train)
     n_val = val_size if val_size is not None else min(1000, max(1, round(0.1 * n)))
+    if val_size is None and n < 2:
+        raise DataError(f"a training split of {n} example(s) is too small to carve a validation split from; "
+                        "add more images (a few per class at least)")
     if not 0 < n_val < n:
         raise DataError(f"--val-size {n_val} must be between 1 and {n - 1} for a training split of {n}")
     labels = train.labels.numpy()
