@@ -233,6 +233,12 @@ def test_imagefolder_bad_layouts(tmp_path: Path, helpers, layout: str) -> None:
     assert "\n" not in str(exc.value) and str(root) in str(exc.value)
 
 
+@pytest.mark.parametrize("size", [0, -8])
+def test_imagefolder_image_size_must_be_positive(image_folder: Path, size: int) -> None:
+    with pytest.raises(DataError, match=f"--image-size {size} must be a positive number of pixels"):
+        load_dataset("imagefolder", image_folder, image_size=size)
+
+
 def test_imagefolder_needs_data_dir() -> None:
     with pytest.raises(DataError, match="--data-dir"):
         load_dataset("imagefolder")

@@ -56,6 +56,8 @@ def load_imagefolder(options: LoadOptions) -> DatasetSplits:
     """A folder of class folders (see the module docstring); ``options.data_dir`` is required."""
     if options.data_dir is None:
         raise DataError("--dataset imagefolder needs --data-dir pointing at a folder of class folders")
+    if options.image_size is not None and options.image_size < 1:
+        raise DataError(f"--image-size {options.image_size} must be a positive number of pixels, e.g. 32")
     root = options.data_dir
     if not root.exists():
         raise DataError(f"imagefolder {str(root)!r} does not exist; pass --data-dir to a folder of class folders")

@@ -31,8 +31,9 @@ MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
 # Pillow modes read as one grayscale channel (what the loader has always treated as grayscale;
 # modes with alpha, palettes and the rest count as colour and are converted to RGB).
 GRAY_MODES = frozenset({"1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"})
-# Integer modes holding 16 bits per pixel ("I" is how Pillow opens 16-bit PGM/PPM and some TIFFs,
-# scaled to 0..65535): scaled to 8 bits by /257, so 65535 -> 255 (Pillow's convert("L") clips them).
+# Integer grayscale modes read as 16 bits per pixel and scaled to 8 bits by /257, so 65535 -> 255
+# (Pillow's convert("L") would clip everything over 255 to white). "I" is how Pillow opens 16-bit
+# PGM files (scaled to 0..65535) and 32-bit integer TIFFs, whose values must then lie in 0..65535.
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
