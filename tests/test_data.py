@@ -348,12 +348,21 @@ def test_builtin_datasets_in_order_with_their_descriptions() -> None:
 
 
 @pytest.mark.parametrize(("name", "defaults"), [
-    ("digits", RunDefaults(0.2, 32, 40)), ("cifar10", RunDefaults(8 / 255, 128, None)),
+    ("digits", RunDefaults(0.2, 32, 40, (("iad", 20),))), ("cifar10", RunDefaults(8 / 255, 128, None)),
     ("cifar100", RunDefaults(8 / 255, 128, None)), ("svhn", RunDefaults(8 / 255, 128, None)),
     ("imagefolder", RunDefaults(8 / 255, 128, None)),
 ])
 def test_run_defaults(name: str, defaults: RunDefaults) -> None:
     assert get_dataset(name).defaults == defaults
+
+
+@pytest.mark.parametrize(("name", "method", "epochs"), [
+    ("digits", "iad", 20), ("digits", "ard", 40), ("digits", "rslad", 40), ("cifar10", "iad", None), ("svhn", "ard", None),
+])
+def test_epochs_for_a_method(name: str, method: str, epochs: int | None) -> None:
+    # What distill.resolve_config used before the registry: digits 40 epochs (IAD 20), elsewhere
+    # None here, i.e. the method's paper schedule.
+    assert get_dataset(name).defaults.epochs_for(method) == epochs
 
 
 @pytest.mark.parametrize(("name", "input_size", "num_classes", "first_class"), [
