@@ -11,7 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robustdistill.data import augment_batch, load_dataset, stratified_split
+from robustdistill.data import (
+    DATASETS, DatasetInfo, DatasetSpec, DatasetSplits, LoadOptions, RunDefaults, TensorSplit, augment_batch, carve_val,
+    get_dataset, list_datasets, load_dataset, register_dataset, stratified_split,
+)
 from robustdistill.errors import DataError
 
 CPU = torch.device("cpu")
@@ -230,6 +233,12 @@ def test_imagefolder_bad_layouts(tmp_path: Path, helpers, layout: str) -> None:
     assert "\n" not in str(exc.value) and str(root) in str(exc.value)
 
 
+@pytest.mark.parametrize("size", [0, -8])
+def test_imagefolder_image_size_must_be_positive(image_folder: Path, size: int) -> None:
+    with pytest.raises(DataError, match=f"--image-size {size} must be a positive number of pixels"):
+        load_dataset("imagefolder", image_folder, image_size=size)
+
+
 def test_imagefolder_needs_data_dir() -> None:
     with pytest.raises(DataError, match="--data-dir"):
         load_dataset("imagefolder")
@@ -269,3 +278,158 @@ def test_unknown_dataset_lists_valid() -> None:
     assert "did you mean 'cifar10'" in text
     for valid in ("digits", "cifar10", "cifar100", "svhn", "imagefolder"):
         assert valid in text
+
+
+# --------------------------------------------------------------------------- image folder loader workers
+def _worker_pids() -> set[int]:
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+def _pass(split, batch: int, order=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    xs, ys, idxs = zip(*split.batches(batch, CPU, order))
+    return torch.cat(xs), torch.cat(ys), torch.cat(idxs)
+
+
+def test_folder_workers_persist_across_passes_with_identical_results(image_folder: Path) -> None:
+    whole = load_dataset("imagefolder", image_folder).whole  # 60 files: batches of 2 use loader workers
+    reference = _pass(whole, 64)  # one batch: decoded in this process
+    before = _worker_pids()
+    orders = [torch.randperm(60, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    first = _pass(whole, 2, orders[0])
+    workers = _worker_pids() - before
+    assert workers  # still alive after the pass
+    second = _pass(whole, 2, orders[1])
+    assert _worker_pids() - before == workers  # the same processes served the second pass
+    for order, (x, y, idx) in zip(orders, (first, second)):
+        assert torch.equal(idx, order) and torch.equal(x, reference[0][order]) and torch.equal(y, reference[1][order])
+    # Two interleaved passes over one split: the second gets a loader of its own, both stay exact.
+    for (xa, ya, ia), (xb, yb, ib) in zip(whole.batches(2, CPU, orders[0]), whole.batches(2, CPU, orders[1])):
+        assert torch.equal(xa, reference[0][ia]) and torch.equal(xb, reference[0][ib])
+        assert torch.equal(ya, reference[1][ia]) and torch.equal(yb, reference[1][ib])
+    whole.close()
+    assert not (_worker_pids() & workers)
+
+
+def test_folder_workers_stop_promptly_when_the_split_dies_in_a_cycle(image_folder: Path) -> None:
+    import gc
+    import time
+
+    whole = load_dataset("imagefolder", image_folder).whole
+    before = _worker_pids()
+    _pass(whole, 2)
+    workers = _worker_pids() - before
+    assert workers
+    cycle: dict = {"split": whole}
+    cycle["self"] = cycle  # only the cyclic garbage collector can free the split now
+    del whole, cycle
+    start = time.perf_counter()
+    gc.collect()
+    # Were the loader freed with the cycle, its queues could be finalised first and each worker
+    # would wait out a 5 s join timeout; freed by reference count it stops at once.
+    assert time.perf_counter() - start < 2.5
+    assert not (_worker_pids() & workers)
+
+
+# --------------------------------------------------------------------------- registry
+BUILTIN_NOTES = {
+    "digits": "scikit-learn's bundled 8x8 digits, 10 classes, offline (1,293 train / 144 val / 360 test)",
+    "cifar10": "torchvision CIFAR-10 from --data-dir (--download to fetch)",
+    "cifar100": "torchvision CIFAR-100 from --data-dir (--download to fetch)",
+    "svhn": "torchvision SVHN from --data-dir (--download to fetch)",
+    "imagefolder": "--data-dir with train/ and test/ class folders, or just class folders",
+}
+
+
+def test_builtin_datasets_in_order_with_their_descriptions() -> None:
+    assert [(s.name, s.description) for s in list_datasets()] == list(BUILTIN_NOTES.items())
+    assert DATASETS.names() == list(BUILTIN_NOTES)
+
+
+@pytest.mark.parametrize(("name", "defaults"), [
+    ("digits", RunDefaults(0.2, 32, 40, (("iad", 20),))), ("cifar10", RunDefaults(8 / 255, 128, None)),
+    ("cifar100", RunDefaults(8 / 255, 128, None)), ("svhn", RunDefaults(8 / 255, 128, None)),
+    ("imagefolder", RunDefaults(8 / 255, 128, None)),
+])
+def test_run_defaults(name: str, defaults: RunDefaults) -> None:
+    assert get_dataset(name).defaults == defaults
+
+
+@pytest.mark.parametrize(("name", "method", "epochs"), [
+    ("digits", "iad", 20), ("digits", "ard", 40), ("digits", "rslad", 40), ("cifar10", "iad", None), ("svhn", "ard", None),
+])
+def test_epochs_for_a_method(name: str, method: str, epochs: int | None) -> None:
+    # What distill.resolve_config used before the registry: digits 40 epochs (IAD 20), elsewhere
+    # None here, i.e. the method's paper schedule.
+    assert get_dataset(name).defaults.epochs_for(method) == epochs
+
+
+@pytest.mark.parametrize(("name", "input_size", "num_classes", "first_class"), [
+    ("digits", (1, 8, 8), 10, "0"), ("cifar10", (3, 32, 32), 10, "airplane"), ("cifar100", (3, 32, 32), 100, None),
+    ("svhn", (3, 32, 32), 10, "0"), ("imagefolder", None, None, None),
+])
+def test_static_description(name: str, input_size, num_classes, first_class) -> None:
+    spec = get_dataset(name)
+    assert spec.input_size == input_size and spec.num_classes == num_classes
+    assert (spec.class_names[0] if spec.class_names else None) == first_class
+
+
+def test_static_description_matches_the_loaded_data(digits) -> None:
+    spec = get_dataset("digits")
+    assert (spec.input_size, spec.num_classes, spec.class_names) == (
+        digits.info.input_size, digits.info.num_classes, digits.info.class_names)
+
+
+def _load_toy(options: LoadOptions) -> DatasetSplits:
+    """Two classes of 4x4 noise, told apart by their brightness."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    images = (torch.rand(40, 1, 4, 4, generator=g) * 0.5 + 0.5 * labels[:, None, None, None]).float()
+    train, val = carve_val(TensorSplit("train", images[:30], labels[:30]), options.val_size)
+    info = DatasetInfo("toy", 2, (1, 4, 4), ("dark", "bright"), (0.5,), (0.3,))
+    return DatasetSplits(info, train, val, TensorSplit("test", images[30:], labels[30:]))
+
+
+def test_a_new_dataset_is_one_registration() -> None:
+    spec = DatasetSpec("toy", "two classes of 4x4 noise", _load_toy, RunDefaults(0.1, 8, 3), aliases=("noise",),
+                       channels=1, image_size=4, num_classes=2, class_names=("dark", "bright"))
+    with DATASETS.temporarily(spec):
+        assert get_dataset("To-Y") is spec and get_dataset("NOISE") is spec
+        assert list_datasets()[-1] is spec
+        splits = load_dataset("TOY", val_size=6)
+        assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 6, 10)
+        x, y = _all(splits.test)
+        assert x.shape == (10, 1, 4, 4) and torch.equal(y, torch.arange(30, 40) % 2)
+    assert "toy" not in DATASETS and "toy" not in [s.name for s in list_datasets()]
+    with pytest.raises(DataError, match="unknown dataset 'toy'"):
+        load_dataset("toy")
+
+
+def test_register_dataset_decorator_and_a_spec_the_data_contradicts() -> None:
+    try:
+        @register_dataset("toythree", description="claims three classes", defaults=RunDefaults(0.1, 8, None),
+                          num_classes=3)
+        def load_toythree(options: LoadOptions) -> DatasetSplits:
+            return _load_toy(options)
+
+        assert load_toythree is not None and get_dataset("toy_three").loader is load_toythree
+        with pytest.raises(DataError, match="'toythree' declares classes 3 but its data has 2"):
+            load_dataset("toythree")
+    finally:
+        DATASETS.unregister("toythree")
+    assert "toythree" not in DATASETS
+
+
+@pytest.mark.parametrize("bad", ["Toy", "toy-set", "toy_set"])
+def test_registered_names_are_in_normal_form(bad: str) -> None:
+    with pytest.raises(ValueError, match="lower case without - or _"):
+        DatasetSpec(bad, "x", _load_toy, RunDefaults(0.1, 8, None))
+    with pytest.raises(ValueError, match="lower case"):
+        DatasetSpec("toy", "x", _load_toy, RunDefaults(0.1, 8, None), aliases=(bad,))
+
+
+def test_a_name_is_registered_once() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        DATASETS.add(DatasetSpec("digits", "again", _load_toy, RunDefaults(0.1, 8, None)))
+    assert get_dataset("digits").description == BUILTIN_NOTES["digits"]
