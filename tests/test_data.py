@@ -348,7 +348,7 @@ def test_builtin_datasets_in_order_with_their_descriptions() -> None:
 
 
 @pytest.mark.parametrize(("name", "defaults"), [
-    ("digits", RunDefaults(0.2, 32, 40, (("iad", 20),))), ("cifar10", RunDefaults(8 / 255, 128, None)),
+    ("digits", RunDefaults(0.2, 32, 40)), ("cifar10", RunDefaults(8 / 255, 128, None)),
     ("cifar100", RunDefaults(8 / 255, 128, None)), ("svhn", RunDefaults(8 / 255, 128, None)),
     ("imagefolder", RunDefaults(8 / 255, 128, None)),
 ])
@@ -357,12 +357,16 @@ def test_run_defaults(name: str, defaults: RunDefaults) -> None:
 
 
 @pytest.mark.parametrize(("name", "method", "epochs"), [
-    ("digits", "iad", 20), ("digits", "ard", 40), ("digits", "rslad", 40), ("cifar10", "iad", None), ("svhn", "ard", None),
+    ("digits", "iad", 20), ("digits", "ard", 40), ("digits", "rslad", 40), ("cifar10", "iad", 200),
+    ("svhn", "ard", 200), ("cifar10", "rslad", 300),
 ])
-def test_epochs_for_a_method(name: str, method: str, epochs: int | None) -> None:
-    # What distill.resolve_config used before the registry: digits 40 epochs (IAD 20), elsewhere
-    # None here, i.e. the method's paper schedule.
-    assert get_dataset(name).defaults.epochs_for(method) == epochs
+def test_epochs_for_a_method(name: str, method: str, epochs: int) -> None:
+    # What distill.resolve_config used before the registry: digits 40 epochs (IAD 20), elsewhere the
+    # method's paper schedule (200; RSLAD 300).
+    from robustdistill.methods import parse_method
+
+    defaults = get_dataset(name).defaults
+    assert parse_method(method).base.epochs_for(get_dataset(name).name, defaults.epochs) == epochs
 
 
 @pytest.mark.parametrize(("name", "input_size", "num_classes", "first_class"), [

@@ -15,10 +15,8 @@ from .splits import DatasetInfo, DatasetSplits, TensorSplit
 # The default run must finish in minutes on a laptop CPU. eps 0.2: the budget the bundled digits
 # teacher was trained and evaluated at. Batches of 32 give 41 SGD steps per epoch on 1,293 images
 # (128 would give 11, too few for attacked training from scratch; benchmarks/results/tuning.md).
-# 40 epochs, except IAD (and so Fair-IAD): it learns fastest here - after 20 epochs its validation
-# PGD accuracy is above every other base's after 40 (benchmarks/results/default_job.md). All chosen
-# on the validation split.
-DIGITS_DEFAULTS = RunDefaults(eps=0.2, batch_size=32, epochs=40, method_epochs=(("iad", 20),))
+# 40 epochs (IAD sets 20 for itself, robustdistill/methods/iad.py). All chosen on the validation split.
+DIGITS_DEFAULTS = RunDefaults(eps=0.2, batch_size=32, epochs=40)
 
 @register_dataset(
     "digits", description="scikit-learn's bundled 8x8 digits, 10 classes, offline (1,293 train / 144 val / 360 test)",

@@ -28,19 +28,13 @@ class RunDefaults:
     Attributes:
         eps: L-inf budget in [0, 1] pixel units (attacks in training and evaluation).
         batch_size: training batch size.
-        epochs: training epochs, or ``None`` for the method's own (paper) schedule.
-        method_epochs: ``(method, epochs)`` pairs overriding ``epochs`` for a base method (by its
-            registered name, without ``fair-``) that needs a different length on this dataset.
+        epochs: training epochs, or ``None`` for the method's own (paper) schedule. A method may
+            set its own length for a dataset (``MethodSpec.dataset_epochs``), which wins.
     """
 
     eps: float
     batch_size: int
     epochs: int | None
-    method_epochs: tuple[tuple[str, int], ...] = ()
-
-    def epochs_for(self, method: str) -> int | None:
-        """Training epochs for the base method ``method`` (``None``: the method's own schedule)."""
-        return dict(self.method_epochs).get(method, self.epochs)
 
 
 @dataclass(frozen=True)
