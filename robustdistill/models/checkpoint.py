@@ -28,8 +28,7 @@ from .classifier import Classifier
 from .registry import build_arch
 from .spec import NUM_CLASSES_RANGE, ModelSpec
 from .weightsio import (
-    TensorLayout, first_line, layout_of, parse_json_metadata, read_metadata, read_safetensors,
-    read_safetensors_header, read_state_dict,
+    TensorLayout, first_line, layout_of, parse_json_metadata, read_metadata, read_safetensors, read_safetensors_header,
 )
 
 PREFIXES = ("module.", "model.", "net.", "_orig_mod.", "student.")
@@ -39,13 +38,6 @@ META_VERSION = "robustdistill.version"
 META_EPS = "robustdistill.eps"
 PLAIN_FIX = "is --arch right?"
 CONFIG_FIX = "the file is damaged or was edited; pass --dataset and --eps explicitly, or save the model again"
-
-__all__ = [
-    "META_CONFIG", "META_EPS", "META_SPEC", "META_VERSION", "build_and_load", "build_on_meta", "load_classifier",
-    "load_weights", "plan_load", "read_metadata", "read_state_dict", "recorded_config_of", "recorded_eps_of",
-    "save_classifier",
-]
-
 
 # --------------------------------------------------------------------------- matching keys
 def candidate_keys(keys: list[str]) -> list[dict[str, str]]:
@@ -101,10 +93,14 @@ def plan_load(
         got = stored[best[key]].dtype if key in best else layout.dtype
         if layout.dtype.is_floating_point and not got.is_floating_point:
             raise ModelError(
-                f"weights in {source}: tensor {best[key][:80]} is {str(got).replace('torch.', '')} but the model's {key} "
-                "is a float parameter (a quantized or damaged file?); export float weights (float32, float16 or bfloat16)"
+                f"weights in {source}: tensor {best[key][:80]} is {_dtype_name(got)} where the model's {key} is "
+                f"{_dtype_name(layout.dtype)} (a quantized or damaged file?); export float weights (float32, float16 or bfloat16)"
             )
     return {k: best[k] for k in expected if k in best}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _shape_error(expected: Mapping[str, TensorLayout], key: str, got: tuple[int, ...], source: str,
@@ -182,23 +178,35 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
-def build_on_meta(build: Callable[[], nn.Module]) -> dict[str, TensorLayout] | None:
+def build_on_meta(build: Callable[[], nn.Module], source: str, fix: str | None = None) -> dict[str, TensorLayout] | None:
     """The state-dict layout of ``build()`` obtained without allocating its parameters.
 
     Tries a ``torch.device("meta")`` block, then meta parameters with real buffers; the CPU
-    random state is left untouched either way. Returns ``None`` when neither way builds it (a
-    malformed argument, or an architecture that needs real tensors throughout); the caller then
-    builds it for real, which raises the constructor's own error.
+    random state is left untouched either way. Returns ``None`` when neither way builds it
+    because the architecture needs real tensors while it is built; the caller then builds it
+    for real.
+
+    Raises:
+        ModelError: the constructor rejects its arguments (TypeError, ValueError, OverflowError),
+            e.g. malformed arch_kwargs from a file: a real build would fail the same way.
     """
+    failure: Exception | None = None
     for context in (lambda: torch.device("meta"), _parameters_on_meta):
         try:
             with torch.random.fork_rng(devices=[]), context():
                 return layout_of(build().state_dict())
         except RobustDistillError:
             raise
-        except Exception:  # noqa: BLE001 - any constructor error: try the next way, then the real build
-            continue
+        except Exception as exc:  # noqa: BLE001 - any constructor error: try the next way, then judge it
+            failure = exc
+    if isinstance(failure, (TypeError, ValueError, OverflowError)):
+        raise _build_error(source, failure, fix)
     return None
+
+
+def _build_error(source: str, exc: BaseException, fix: str | None) -> ModelError:
+    return ModelError(f"cannot build the architecture of {source} ({type(exc).__name__}: {first_line(exc)}) - "
+                      f"{fix or PLAIN_FIX}")
 
 
 def build_and_load(
@@ -217,15 +225,14 @@ def build_and_load(
     Raises:
         ModelError: the architecture cannot be built, or the tensors do not fit it.
     """
-    expected = build_on_meta(build)
+    expected = build_on_meta(build, source, fix)
     mapping = plan_load(expected, stored, source, fix) if expected is not None else None
     try:
         net = build()
     except RobustDistillError:
         raise
     except Exception as exc:  # noqa: BLE001 - constructors raise anything on malformed arguments
-        raise ModelError(f"cannot build the architecture of {source} ({type(exc).__name__}: {first_line(exc)}) - "
-                         f"{fix or PLAIN_FIX}") from None
+        raise _build_error(source, exc, fix) from None
     if mapping is None:
         mapping = plan_load(layout_of(net.state_dict()), stored, source, fix)
     load_planned(net, fetch(), mapping)
@@ -284,10 +291,15 @@ def load_classifier(path: str | Path) -> Classifier:
     """
     spec, layout, _ = read_spec(path)
 
-    def build() -> Classifier:
-        return Classifier(build_arch(spec.arch, spec.num_classes, spec.input_size[0], **spec.arch_kwargs), spec)
-
     fix = f"the file's {META_SPEC} does not describe its tensors (damaged or edited?); save the model again"
+
+    def build() -> Classifier:
+        try:
+            net = build_arch(spec.arch, spec.num_classes, spec.input_size[0], **spec.arch_kwargs)
+        except ModelError as exc:  # e.g. an unknown or absurd architecture name in the metadata
+            raise ModelError(f"{str(path)!r} names an architecture robustdistill cannot build: {exc}") from None
+        return Classifier(net, spec)
+
     model = build_and_load(build, layout, lambda: read_safetensors(path)[0], str(path), fix)
     return model  # type: ignore[return-value]
 

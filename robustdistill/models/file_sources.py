@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import CheckpointError, ModelError, UsageError
+from ..errors import CheckpointError, UsageError
 from .checkpoint import (
     META_SPEC, build_and_load, check_num_classes, infer_num_classes, load_classifier, recorded_config_of, recorded_eps_of,
 )

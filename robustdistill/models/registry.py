@@ -86,6 +86,7 @@ def list_archs() -> list[tuple[str, str]]:
 
 
 def is_arch(name: str) -> bool:
+    """Whether ``name`` is a registered architecture or one of the parsed families (wrn-D-K, timm:, robustbench:)."""
     return name in _ARCHS or bool(WRN_PATTERN.match(name)) or name.startswith(("timm:", "robustbench:"))
 
 

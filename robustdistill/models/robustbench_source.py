@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .classifier import Classifier
 from .model_source import MODEL_SOURCES, ModelRef, ModelSource
-from .robustbench_zoo import (  # noqa: F401 - import_robustbench, list_robustbench: also reached from here
-    LINF_EPS, checkpoint_path, import_robustbench, list_robustbench, load_robustbench, parse_robustbench_id,
+from .robustbench_zoo import (  # noqa: F401 - list_robustbench: cli.py reaches it from here
+    LINF_EPS, checkpoint_path, list_robustbench, load_robustbench, parse_robustbench_id,
 )
 from .spec import DataHint, ModelOptions
 

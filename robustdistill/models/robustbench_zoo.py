@@ -94,6 +94,7 @@ def build_robustbench_arch(arch: str, num_classes: int) -> nn.Module:
 
 
 def default_model_dir() -> Path:
+    """The RobustBench cache root when none is given: ``$ROBUSTDISTILL_MODEL_DIR``, else ``./models``."""
     return Path(os.environ.get(MODEL_DIR_ENV, "models"))
 
 
@@ -144,6 +145,7 @@ def load_robustbench(identifier: str, model_dir: str | Path | None = None) -> Cl
 
 
 def list_robustbench(dataset: str = "cifar10", threat: str = "Linf") -> list[str]:
+    """Sorted names of the zoo entries for ``dataset``/``threat``."""
     import_robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel

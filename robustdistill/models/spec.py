@@ -87,6 +87,7 @@ class ModelSpec:
     eps: float | None = None
 
     def to_json(self) -> str:
+        """The spec as the JSON text stored in a file's ``robustdistill.spec`` metadata."""
         import json
 
         return json.dumps(asdict(self), sort_keys=True)
@@ -120,6 +121,7 @@ class ModelSpec:
         )
 
     def with_(self, **changes: Any) -> "ModelSpec":
+        """A copy with ``changes`` applied."""
         return replace(self, **changes)
 
 

@@ -58,6 +58,7 @@ class TensorLayout:
 
     @classmethod
     def of(cls, tensor: torch.Tensor) -> "TensorLayout":
+        """The layout of ``tensor`` (a meta tensor works too)."""
         return cls(tuple(tensor.shape), tensor.dtype)
 
 
@@ -115,6 +116,8 @@ def _stat(path: Path) -> os.stat_result:
         ) from None
     except OSError as exc:  # e.g. a symlink loop or a name too long
         raise CheckpointError(f"cannot open {str(path)!r} ({first_line(exc)}); check the path") from None
+    except ValueError:  # a NUL byte: no file system accepts it
+        raise CheckpointError(f"{str(path)[:200]!r} is not a valid file name (it contains a NUL byte); check the path") from None
 
 
 # --------------------------------------------------------------------------- torch files
@@ -237,7 +240,9 @@ def find_state_dict(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
             f"found no state dict in {str(path)!r} (top-level keys: {keys}); expected tensors directly or under "
             f"one of {', '.join(NESTED_KEYS)}"
         )
-    raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a state dict of tensors")
+    raise CheckpointError(
+        f"{str(path)!r} holds a {type(obj).__name__}, not a state dict of tensors; save model.state_dict() instead"
+    )
 
 
 # --------------------------------------------------------------------------- safetensors
