@@ -39,6 +39,7 @@ META_EPS = "robustdistill.eps"
 PLAIN_FIX = "is --arch right?"
 CONFIG_FIX = "the file is damaged or was edited; pass --dataset and --eps explicitly, or save the model again"
 
+
 # --------------------------------------------------------------------------- matching keys
 def candidate_keys(keys: list[str]) -> list[dict[str, str]]:
     """Interpretations of stored keys as ``{model key: stored key}``: as they are, and with wrapper prefixes removed."""
