@@ -12,9 +12,10 @@ import torch
 
 from robustdistill.errors import CheckpointError, ModelError, UsageError
 from robustdistill.models import (
-    Classifier, DataHint, ModelSpec, build_student, load_classifier, load_model, parse_model_id, save_classifier,
+    Classifier, DataHint, ModelSpec, build_student, load_classifier, load_model, resolve_model, save_classifier,
 )
-from robustdistill.models.checkpoint import META_CONFIG, META_SPEC, read_metadata, read_state_dict
+from robustdistill.models.checkpoint import META_CONFIG, META_SPEC
+from robustdistill.models.weightsio import read_metadata, read_state_dict
 
 X = torch.Generator().manual_seed(0)
 INPUTS = torch.rand(4, 3, 32, 32, generator=X)
@@ -282,7 +283,7 @@ def test_hint_class_names_attached(model_test_pt: Path) -> None:
 
 # --------------------------------------------------------------------------- identifiers
 @pytest.mark.parametrize(
-    ("identifier", "kind", "name"),
+    ("identifier", "source", "name"),
     [
         ("bundled:digits", "bundled", "digits"),
         ("robustbench:Sehwag2021Proxy_R18", "robustbench", "Sehwag2021Proxy_R18"),
@@ -298,29 +299,29 @@ def test_hint_class_names_attached(model_test_pt: Path) -> None:
         ("tiny_cnn", "arch", "tiny_cnn"),
     ],
 )
-def test_parse_model_id(identifier: str, kind: str, name: str) -> None:
-    ref = parse_model_id(identifier)
-    assert (ref.kind, ref.name) == (kind, name)
+def test_resolve_model(identifier: str, source: str, name: str) -> None:
+    ref = resolve_model(identifier)
+    assert (ref.source, ref.name) == (source, name)
 
 
-def test_parse_model_id_existing_file_without_suffix(tmp_path: Path) -> None:
+def test_resolve_model_existing_file_without_suffix(tmp_path: Path) -> None:
     path = tmp_path / "weights"
     path.write_bytes(b"x")
-    assert parse_model_id(str(path)).kind == "checkpoint"
+    assert resolve_model(str(path)).source == "checkpoint"
 
 
 @pytest.mark.parametrize("identifier", ["resnet-18", "nonexistent_model", "robust:Foo"])
-def test_parse_model_id_unknown_lists_valid(identifier: str) -> None:
+def test_resolve_model_unknown_lists_valid(identifier: str) -> None:
     with pytest.raises(ModelError) as exc:
-        parse_model_id(identifier)
+        resolve_model(identifier)
     text = one_line(exc)
     for valid in ("robustbench:NAME", "timm:NAME", "resnet18", "mobilenetv2", "wrn-D-K"):
         assert valid in text
 
 
-def test_parse_model_id_empty() -> None:
+def test_resolve_model_empty() -> None:
     with pytest.raises(ModelError, match="empty"):
-        parse_model_id("  ")
+        resolve_model("  ")
 
 
 def test_bundled_unknown_lists_available() -> None:

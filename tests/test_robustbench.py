@@ -11,7 +11,7 @@ import torch
 
 from robustdistill.errors import CheckpointError, ModelError
 from robustdistill.models import Classifier, build_arch, load_model
-from robustdistill.models.robustbench_source import (
+from robustdistill.models.robustbench_zoo import (
     checkpoint_path, import_robustbench, list_robustbench, parse_robustbench_id,
 )
 

@@ -1,13 +1,25 @@
-"""Models: the Classifier contract, architectures, checkpoints and model sources."""
+"""Models: the Classifier contract, architectures, weight files and model sources.
 
-from .checkpoint import load_classifier, read_state_dict, save_classifier
+Importing this package registers every built-in model source (bundled, robustbench, timm,
+safetensors, checkpoint, arch) in :data:`MODEL_SOURCES`, in that order.
+"""
+
+# The order of these imports is the order of `robustdistill list teachers`.
+from . import bundled_source, robustbench_source, timm_source, file_sources, arch_source  # noqa: F401, I001 - registration
+from .checkpoint import load_classifier, save_classifier
 from .classifier import Classifier, Normalize, count_parameters, freeze, unwrap
+from .model_source import MODEL_SOURCES, ModelRef, ModelSource, resolve_model
 from .registry import build_arch, list_archs, register_arch
-from .sources import DataHint, build_student, check_fits, list_bundled, load_model, parse_model_id
-from .spec import ModelSpec
+from .sources import (
+    build_student, check_fits, list_bundled, list_teachers, load_model, model_file, parse_model_id, recorded_config,
+    recorded_eps,
+)
+from .spec import DataHint, ModelOptions, ModelSpec
+from .weightsio import read_metadata, read_state_dict
 
 __all__ = [
-    "Classifier", "DataHint", "ModelSpec", "Normalize", "build_arch", "build_student", "check_fits",
-    "count_parameters", "freeze", "list_archs", "list_bundled", "load_classifier", "load_model",
-    "parse_model_id", "read_state_dict", "register_arch", "save_classifier", "unwrap",
+    "Classifier", "DataHint", "MODEL_SOURCES", "ModelOptions", "ModelRef", "ModelSource", "ModelSpec", "Normalize",
+    "build_arch", "build_student", "check_fits", "count_parameters", "freeze", "list_archs", "list_bundled",
+    "list_teachers", "load_classifier", "load_model", "model_file", "parse_model_id", "read_metadata",
+    "read_state_dict", "recorded_config", "recorded_eps", "register_arch", "resolve_model", "save_classifier", "unwrap",
 ]

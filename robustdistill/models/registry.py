@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ModelError, did_you_mean
 from . import archs
+from .robustbench_zoo import build_robustbench_arch
 
 Constructor = Callable[..., nn.Module]
 
@@ -28,6 +29,9 @@ class ArchEntry:
 
 _ARCHS: dict[str, ArchEntry] = {}
 WRN_PATTERN = re.compile(r"^wrn-(\d+)-(\d+)$")
+# Far beyond any trained WideResNet (RobustBench's largest is WRN-106-16 / WRN-70-16); the bound
+# keeps a crafted name such as wrn-6000004-1 from building a million blocks even on the meta device.
+WRN_MAX_DEPTH, WRN_MAX_WIDEN = 1000, 128
 
 
 def register_arch(name: str, description: str) -> Callable[[Constructor], Constructor]:
@@ -82,6 +86,7 @@ def list_archs() -> list[tuple[str, str]]:
 
 
 def is_arch(name: str) -> bool:
+    """Whether ``name`` is a registered architecture or one of the parsed families (wrn-D-K, timm:, robustbench:)."""
     return name in _ARCHS or bool(WRN_PATTERN.match(name)) or name.startswith(("timm:", "robustbench:"))
 
 
@@ -94,12 +99,13 @@ def build_arch(arch: str, num_classes: int, in_chans: int = 3, **kwargs: Any) ->
         depth, widen = int(match.group(1)), int(match.group(2))
         if (depth - 4) % 6:
             raise ModelError(f"WideResNet depth must be 6n+4 (16, 22, 28, 34, 40, 70), got {arch!r}")
+        if depth > WRN_MAX_DEPTH or not 1 <= widen <= WRN_MAX_WIDEN:
+            raise ModelError(f"{arch!r} is outside the WideResNets robustdistill builds (depth <= {WRN_MAX_DEPTH}, "
+                             f"widen factor 1-{WRN_MAX_WIDEN}); use e.g. wrn-34-10")
         return archs.WideResNet(depth, widen, num_classes, in_chans, sub_block1=bool(kwargs.get("sub_block1")))
     if arch.startswith("timm:"):
         return _build_timm(arch[5:], num_classes, in_chans)
     if arch.startswith("robustbench:"):
-        from .robustbench_source import build_robustbench_arch
-
         return build_robustbench_arch(arch, num_classes)
     valid = [e.name for e in _ARCHS.values()] + ["wrn-D-K", "timm:NAME", "robustbench:NAME"]
     raise ModelError(did_you_mean(arch, valid, "architecture"))
