@@ -47,11 +47,14 @@ def model_budget(model: str | Classifier, eps: float | str | None, options: Mode
 
 
 def recorded_dataset(identifier: str, options: ModelOptions = ModelOptions()) -> str | None:
-    """The dataset a robustdistill model file was trained on (None for other models)."""
-    data = recorded_config(identifier, options).get("dataset") or recorded_config(identifier, options).get("data")
-    if isinstance(data, Mapping):
-        data = data.get("name")
-    return str(data) if data else None
+    """The dataset a robustdistill model file was trained on (None for other models).
+
+    Run configs of robustdistill 0.2 hold it as ``data.name``, those of 0.1 as ``dataset``.
+    """
+    config = recorded_config(identifier, options)
+    data = config.get("data")
+    name = data.get("name") if isinstance(data, Mapping) else config.get("dataset")
+    return str(name) if name else None
 
 
 def resolve_dataset_name(identifier: str, dataset: str | None, options: ModelOptions = ModelOptions()) -> str:

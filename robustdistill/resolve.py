@@ -38,13 +38,11 @@ def _teacher_record(cfg: RunConfig) -> tuple[str | None, float | None]:
     """The dataset and L-inf budget the teacher was trained for, when its file or source records them."""
     if not cfg.teacher.id:
         return None, None
-    from .models import ModelOptions, recorded_config, recorded_eps
+    from .api import recorded_dataset
+    from .models import ModelOptions, recorded_eps
 
     options = ModelOptions(arch=cfg.teacher.arch, weights=cfg.teacher.weights, model_dir=cfg.teacher.model_dir)
-    dataset = recorded_config(cfg.teacher.id, options).get("dataset")
-    if isinstance(dataset, Mapping):  # a sectioned config records {"name": ...}
-        dataset = dataset.get("name")
-    return (str(dataset) if dataset else None), recorded_eps(cfg.teacher.id, options)
+    return recorded_dataset(cfg.teacher.id, options), recorded_eps(cfg.teacher.id, options)
 
 
 def _method(cfg: RunConfig, command: str) -> Any:
