@@ -109,9 +109,10 @@ class DirectoryLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # never O_TRUNC: the holder's pid is in there
         try:
             _try_flock(fd, directory, path)
-            with disk_full_as_error(path):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if holder_pid(path) != os.getpid():  # unchanged otherwise: a re-run in one process touches nothing
+                with disk_full_as_error(path):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)  # closing drops the flock too
             raise
@@ -388,7 +389,7 @@ class RunDir:
         elif (self.path / "checkpoint.pt").is_file():
             intact = f"the last checkpoint in {self.path}"
         else:
-            intact = f"everything written to {self.path} (no epoch had finished)"
+            intact = f"everything written to {self.path} (no checkpoint yet, so training starts over)"
         return ResumePoint(intact, f"robustdistill {self.command} --resume --out {shlex.quote(str(self.path))}")
 
     @contextlib.contextmanager
