@@ -39,6 +39,9 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 class DiskFullError(RobustDistillError):
     """No space left (or the quota is used up) while writing a file; the file's old content is kept.
 
+    Self-contained (it may move to :mod:`robustdistill.errors`); :func:`disk_full_error` builds it
+    for a path with the disk's mount point and free space.
+
     Attributes:
         path: the file that could not be written.
         mount: the mount point of the file system it lives on.
@@ -53,21 +56,21 @@ class DiskFullError(RobustDistillError):
         super().__init__(f"disk full: could not write {self.path} (the file system at {self.mount} has "
                          f"{self.free_bytes:,} bytes free); {hint}")
 
-    @classmethod
-    def at(cls, path: str | Path) -> "DiskFullError":
-        """The error for ``path``, with its mount point and free space measured now."""
-        where = _existing_ancestor(Path(path).absolute())
-        try:
-            free = shutil.disk_usage(where).free
-        except OSError:  # the disk is gone altogether; still say which file failed
-            free = 0
-        return cls(path, mount_point(where), free)
-
     def with_hint(self, hint: str) -> "DiskFullError":
         """The same error with another ``hint`` (the traceback and cause are kept)."""
         error = DiskFullError(self.path, self.mount, self.free_bytes, hint)
         error.__cause__ = self.__cause__
         return error.with_traceback(self.__traceback__)
+
+
+def disk_full_error(path: str | Path) -> DiskFullError:
+    """The :class:`DiskFullError` for ``path``, with its mount point and free space measured now."""
+    where = _existing_ancestor(Path(path).absolute())
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:  # the disk is gone altogether; still say which file failed
+        free = 0
+    return DiskFullError(path, mount_point(where), free)
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -91,7 +94,7 @@ def disk_full_as_error(path: str | Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise DiskFullError.at(path) from exc
+            raise disk_full_error(path) from exc
         raise
 
 
@@ -196,5 +199,5 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 __all__ = [
     "DiskFullError", "TEMP_SUFFIX", "append_line", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "disk_full_as_error", "mount_point", "sha256_file", "temp_file_target",
+    "atomic_write_text", "disk_full_as_error", "disk_full_error", "mount_point", "sha256_file", "temp_file_target",
 ]

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shlex
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -80,11 +81,12 @@ def is_legacy_artifact(name: str) -> bool:
 class DirectoryLock:
     """The exclusive ``flock`` on ``DIR/.robustdistill.lock`` that marks a directory as in use.
 
-    A process holds at most one lock per directory (a second :meth:`acquire` from the same process
-    is a no-op: flock locks of two descriptors of one process would conflict with each other).
+    A process holds one flock per directory however often it acquires it (flocks of two descriptors
+    of one process would conflict with each other); acquisitions are counted and the flock is
+    dropped when the last one is released.
     """
 
-    _held: ClassVar[dict[str, int]] = {}  # realpath of a directory -> the descriptor holding its lock
+    _held: ClassVar[dict[str, list[int]]] = {}  # realpath of a directory -> [descriptor, acquisitions]
 
     @staticmethod
     def _key(directory: Path) -> str:
@@ -102,7 +104,10 @@ class DirectoryLock:
         Raises:
             RunDirError: another process holds the lock (the message names its pid).
         """
-        if fcntl is None or cls.holds(directory):
+        if fcntl is None:
+            return
+        if cls.holds(directory):
+            cls._held[cls._key(directory)][1] += 1
             return
         path = directory / LOCK_NAME
         with disk_full_as_error(path):
@@ -116,7 +121,7 @@ class DirectoryLock:
         except BaseException:
             os.close(fd)  # closing drops the flock too
             raise
-        cls._held[cls._key(directory)] = fd
+        cls._held[cls._key(directory)] = [fd, 1]
 
     @classmethod
     def probe(cls, directory: Path) -> None:
@@ -132,9 +137,14 @@ class DirectoryLock:
 
     @classmethod
     def release(cls, directory: Path) -> None:
-        """Drop the lock (the file stays: removing it would race with a process about to lock it)."""
-        fd = cls._held.pop(cls._key(directory), None)
-        if fd is not None:
+        """Undo one :meth:`acquire`; the last one drops the flock (the file stays: removing it
+        would race with a process about to lock it)."""
+        key = cls._key(directory)
+        if key not in cls._held:
+            return
+        cls._held[key][1] -= 1
+        if cls._held[key][1] == 0:
+            fd = cls._held.pop(key)[0]
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
@@ -209,6 +219,7 @@ class RunDir:
         self.command = command
         #: The epoch of the last checkpoint written or loaded in this process (set by the trainer).
         self.checkpoint_epoch: int | None = None
+        self._unlock: weakref.finalize | None = None  # releases this object's hold on the lock
 
     def __truediv__(self, name: str) -> Path:
         """The path of ``name`` in the directory, for reading (use :meth:`file` to write)."""
@@ -267,11 +278,10 @@ class RunDir:
         """Create the directory and lock it; drop stale temporary files and, with ``overwrite``, the run's files.
 
         Call it after every input has been checked (only then may anything be removed), on one
-        process only (DDP rank 0). The lock is held until :meth:`release` or the process ends.
+        process only (DDP rank 0). The lock is held until :meth:`release`, until this object is
+        garbage-collected, or until the process ends (even by SIGKILL).
         """
-        with disk_full_as_error(self.path):
-            self.path.mkdir(parents=True, exist_ok=True)
-        DirectoryLock.acquire(self.path)
+        self._lock()
         manifest = Manifest.read(self.path)
         known = set(manifest.files) if manifest is not None else set(self._legacy_files())
         doomed = self._stale_temp_files(known) | (known if overwrite else set())
@@ -286,9 +296,7 @@ class RunDir:
 
     def claim_outputs(self) -> None:
         """:meth:`claim` for a command that only adds outputs: lock, drop its stale temporary files, remove nothing else."""
-        with disk_full_as_error(self.path):
-            self.path.mkdir(parents=True, exist_ok=True)
-        DirectoryLock.acquire(self.path)
+        self._lock()
         manifest = Manifest.read(self.path)
         mine = {n for n, c in manifest.files.items() if c == self.command} if manifest is not None else set()
         for name in self._stale_temp_files(mine):
@@ -302,8 +310,21 @@ class RunDir:
         self.claim(overwrite=overwrite and not resume)
 
     def release(self) -> None:
-        """Unlock the directory (a no-op if this process does not hold its lock)."""
-        DirectoryLock.release(self.path)
+        """Give up this object's hold on the directory's lock (a no-op if it holds none).
+
+        A claimed ``RunDir`` that is garbage-collected releases its hold too, as a file closes.
+        """
+        if self._unlock is not None:
+            self._unlock()
+            self._unlock = None
+
+    def _lock(self) -> None:
+        """Create the directory and hold its lock (once per object)."""
+        with disk_full_as_error(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+        if self._unlock is None:
+            DirectoryLock.acquire(self.path)
+            self._unlock = weakref.finalize(self, DirectoryLock.release, self.path)
 
     def _legacy_files(self) -> list[str]:
         return [n for n in self.entries() if is_legacy_artifact(n) and (self.path / n).is_file()]

@@ -7,6 +7,7 @@ The first three tests moved here from tests/test_train.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -185,7 +186,8 @@ def test_output_commands_share_a_directory_but_not_each_others_files(tmp_path):
 HOLDER = textwrap.dedent("""
     import sys
     from robustdistill.rundir import RunDir
-    RunDir(sys.argv[1]).claim(overwrite=False)
+    run = RunDir(sys.argv[1])  # kept: a claimed RunDir that is garbage-collected lets go of the lock
+    run.claim(overwrite=False)
     print("locked", flush=True)
     sys.stdin.read()  # hold the lock until killed (or stdin closes)
 """)
@@ -235,15 +237,26 @@ def test_a_lock_left_by_a_process_killed_with_sigkill_does_not_block(tmp_path):
     assert holder_pid(run / LOCK_NAME) == os.getpid()
 
 
-def test_release_lets_another_process_claim_and_the_same_process_may_claim_twice(tmp_path):
-    run = RunDir(tmp_path / "run")
-    run.claim(overwrite=False)
-    run.claim(overwrite=False)  # the same process again: no conflict with itself
-    RunDir(run.path).check(resume=False, overwrite=False)
-    run.release()
-    holder = _hold_lock(run.path)  # would fail if the lock were still held here
-    holder.kill()
-    holder.wait()
+def _another_process_can_claim(path: Path) -> bool:
+    code = f"from robustdistill.rundir import RunDir; run = RunDir({str(path)!r}); run.claim(overwrite=False)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"), timeout=120)
+    assert result.returncode == 0 or "is in use by another robustdistill process" in result.stderr, result.stderr
+    return result.returncode == 0
+
+
+def test_the_lock_is_held_until_every_claim_of_this_process_is_released(tmp_path):
+    first, second = RunDir(tmp_path / "run"), RunDir(tmp_path / "run")
+    first.claim(overwrite=False)
+    first.claim(overwrite=False)  # the same object again: one hold
+    second.claim(overwrite=False)  # another object in the same process: no conflict with itself
+    RunDir(first.path).check(resume=False, overwrite=False)
+    first.release()
+    first.release()  # a no-op
+    assert not _another_process_can_claim(first.path)  # `second` still holds it
+    del second  # a claimed RunDir that is garbage-collected lets go, as a file closes
+    gc.collect()
+    assert _another_process_can_claim(first.path)
 
 
 # --------------------------------------------------------------------------- disk full
