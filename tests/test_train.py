@@ -28,7 +28,7 @@ from robustdistill.errors import CheckpointError, UsageError
 from robustdistill.fileio import DiskFullError
 from robustdistill.train import (
     CHECKPOINT_FORMAT, OPTIMIZERS, SCHEDULES, Dist, NonFiniteLossError, RunDir, TrainConfig, Trainer, lr_factor,
-    shard_order,
+    read_checkpoint, shard_order,
 )
 from robustdistill.train import validation as validation_mod
 
@@ -262,7 +262,9 @@ def test_killed_and_resumed_training_is_bit_identical(small_splits, tmp_path, op
     first.cfg = dataclasses.replace(first.cfg, epochs=1)
     first.fit()
     resumed = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(tmp_path), epochs=2, optimizer=optimizer, lr=lr)
-    resumed.load_checkpoint(tmp_path / "checkpoint.pt")
+    state = read_checkpoint(tmp_path / "checkpoint.pt")  # read (and checked) before the trainer takes it
+    assert state["epoch"] == 1 and state["optimizer_name"] == optimizer
+    resumed.resume_from(state, tmp_path / "checkpoint.pt")
     resumed.fit()
     for key, value in straight.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[key]), key

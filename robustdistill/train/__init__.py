@@ -27,7 +27,7 @@ validates, writes files and shows progress while the others wait at a barrier.
 from __future__ import annotations
 
 from ..rundir import RunDir
-from .checkpoint import CHECKPOINT_FORMAT
+from .checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from .config import TrainConfig, config_dict
 from .distributed import (
     Dist, all_reduce_sum, average_buffers, barrier, current_dist, destroy_distributed, init_distributed, shard_order,
@@ -40,5 +40,5 @@ __all__ = [
     "CHECKPOINT_FORMAT", "Dist", "EpochStats", "NonFiniteLossError", "OPTIMIZERS", "OptimizerSpec", "RunDir", "SCHEDULES",
     "ScheduleSpec", "TrainConfig", "Trainer", "all_reduce_sum", "average_buffers", "barrier", "build_optimizer",
     "config_dict", "current_dist", "destroy_distributed", "init_distributed", "list_optimizers", "list_schedules",
-    "lr_factor", "shard_order",
+    "lr_factor", "read_checkpoint", "shard_order",
 ]

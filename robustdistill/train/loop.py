@@ -115,7 +115,11 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Continue from ``path``: weights, optimizer, scaler, strategy, RNG, epoch, history and best epoch."""
-        state = ckpt.read_checkpoint(path)
+        self.resume_from(ckpt.read_checkpoint(path), path)
+
+    def resume_from(self, state: dict[str, Any], path: Path) -> None:
+        """:meth:`load_checkpoint` of a ``state`` already read from ``path`` with
+        :func:`~robustdistill.train.checkpoint.read_checkpoint` (e.g. to check it before claiming the run directory)."""
         ckpt.check_resumable(state, path, epochs=self.cfg.epochs, optimizer_name=self.cfg.optimizer)
         progress = ckpt.restore(self.parts, state)
         self.start_epoch, self.history, self.best = progress.epoch, progress.history, progress.best
