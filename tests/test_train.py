@@ -1,11 +1,14 @@
-"""The one trainer: lr schedules, data sharding, run directories, checkpoints, non-finite losses,
-validation on the val split, AMP / channels_last, and DDP on CPU through torchrun (gloo).
+"""The one trainer: lr schedules and optimizers (registries), data sharding, checkpoints (resume,
+atomic writes, disk full), non-finite losses, validation on the val split, AMP / channels_last, and
+DDP on CPU through torchrun (gloo, driven by tests/ddp_train.py).
 
 Everything runs on the bundled digits data with ``tiny_cnn`` students and 1-2 attack steps.
+Run-directory tests (lock, manifest, --overwrite) are in tests/test_rundir.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -17,16 +20,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustdistill import train as train_mod
 from robustdistill.data import load_dataset
 from robustdistill.evaluation import EvalSettings, evaluate_model
 from robustdistill.methods import AttackSettings, build_strategy
 from robustdistill.models import build_student, freeze, save_classifier
+from robustdistill.errors import CheckpointError, UsageError
+from robustdistill.fileio import DiskFullError
 from robustdistill.train import (
-    CHECKPOINT_FORMAT, Dist, NonFiniteLossError, RunDir, TrainConfig, Trainer, lr_factor, shard_order,
+    CHECKPOINT_FORMAT, OPTIMIZERS, SCHEDULES, Dist, NonFiniteLossError, RunDir, TrainConfig, Trainer, lr_factor,
+    read_checkpoint, shard_order,
 )
+from robustdistill.train import validation as validation_mod
 
 CPU = torch.device("cpu")
+TESTS = Path(__file__).resolve().parent
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -54,7 +61,7 @@ def teacher_file(tmp_path_factory, splits) -> Path:
     return path
 
 
-def make_trainer(splits, *, method="ard", run_dir=None, **cfg) -> Trainer:
+def make_trainer(splits, *, method="ard", run_dir=None, dist=None, **cfg) -> Trainer:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         student = build_student("tiny_cnn", splits.info.hint())
@@ -63,7 +70,7 @@ def make_trainer(splits, *, method="ard", run_dir=None, **cfg) -> Trainer:
     strategy = build_strategy(method, attack=attack, num_classes=splits.info.num_classes)
     config = TrainConfig(**{"epochs": 1, "batch_size": 64, "val_pgd_steps": 2, **cfg})
     return Trainer(student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=config,
-                   device=CPU, run_dir=run_dir, eval_settings=EvalSettings(eps=0.2))
+                   device=CPU, run_dir=run_dir, eval_settings=EvalSettings(eps=0.2), dist=dist)
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -104,12 +111,10 @@ def test_lr_factor_cosine_is_per_step_and_decays_to_zero():
 def test_lr_factor_single_epoch_never_decays_and_unknown_schedule_is_refused():
     for schedule in ("ard", "ard-released", "rslad"):
         assert lr_factor(schedule, 1, 0) == 1.0
-    from robustdistill.errors import UsageError
-
     with pytest.raises(UsageError, match="schedule"):
         lr_factor("step", 10, 0)
     with pytest.raises(UsageError, match="schedule"):
-        TrainConfig(schedule="step").validate()
+        TrainConfig(schedule="step")  # validated on construction
 
 
 def test_trainer_sets_the_scheduled_lr_every_step(small_splits):
@@ -117,6 +122,71 @@ def test_trainer_sets_the_scheduled_lr_every_step(small_splits):
     lrs = []
     trainer.fit(on_epoch=lambda record: lrs.append(record["lr"]))
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+def test_schedules_are_frozen_registered_specs():
+    assert SCHEDULES.names() == ["ard", "ard-released", "rslad", "cosine", "constant"]
+    for spec in SCHEDULES:
+        assert spec.description and callable(spec.factor)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.name = "other"
+        assert lr_factor(spec.name, 20, 12, 3, 7) == spec.factor(20, 12, 3, 7)
+    with pytest.raises(UsageError, match="did you mean 'cosine'"):
+        SCHEDULES.get("cosin")
+
+
+# --------------------------------------------------------------------------- optimizers and TrainConfig
+def test_default_optimizer_is_sgd_with_the_configured_settings(small_splits):
+    trainer = make_trainer(small_splits, momentum=0.8, weight_decay=5e-4, nesterov=True)
+    assert trainer.cfg.optimizer == "sgd" and type(trainer.optimizer) is torch.optim.SGD
+    group = trainer.optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.8, 5e-4, True)
+    no_momentum = make_trainer(small_splits, momentum=0.0, nesterov=True)  # torch refuses Nesterov without momentum
+    assert no_momentum.optimizer.param_groups[0]["nesterov"] is False
+
+
+def test_adamw_trains_and_takes_momentum_as_beta1(small_splits):
+    trainer = make_trainer(small_splits, optimizer="adamw", lr=1e-3, momentum=0.85, weight_decay=1e-2)
+    assert type(trainer.optimizer) is torch.optim.AdamW
+    group = trainer.optimizer.param_groups[0]
+    assert group["betas"] == (0.85, 0.999) and group["weight_decay"] == 1e-2
+    before = [p.detach().clone() for p in trainer.student.parameters()]
+    record = trainer.fit()[-1]
+    assert record["skipped_steps"] == 0 and math.isfinite(record["train_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.student.parameters()))
+    assert all("exp_avg_sq" in s for s in trainer.optimizer.state_dict()["state"].values())
+
+
+@pytest.mark.parametrize(("settings", "needles"), [
+    ({"optimizer": "adam"}, ("unknown optimizer 'adam'", "did you mean 'adamw'", "sgd")),
+    ({"optimizer": "adamw", "nesterov": True}, ("--nesterov", "sgd")),
+    ({"optimizer": "adamw", "momentum": 1.0}, ("beta1", "[0, 1)")),
+    ({"amp": "fp8"}, ("--amp",)),
+    ({"select": "best"}, ("--select",)),
+    ({"epochs": 0}, ("positive",)),
+    ({"val_every": 0}, ("at least 1",)),
+])
+def test_train_config_is_validated_once_on_construction(settings, needles):
+    with pytest.raises(UsageError) as info:
+        TrainConfig(**settings)
+    assert "\n" not in str(info.value) and all(n in str(info.value) for n in needles)
+
+
+def test_train_config_is_frozen_and_keyword_only():
+    cfg = TrainConfig(epochs=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 4
+    with pytest.raises(TypeError):
+        TrainConfig(3)  # noqa: the fields are keyword-only
+    assert dataclasses.replace(cfg, optimizer="adamw").optimizer == "adamw" and OPTIMIZERS.names() == ["sgd", "adamw"]
+
+
+def test_trainer_reads_the_process_group_and_refuses_torchrun_without_one(small_splits, monkeypatch):
+    assert make_trainer(small_splits).dist == Dist()
+    assert make_trainer(small_splits, dist=Dist(0, 1)).dist == Dist()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="init_distributed"):
+        make_trainer(small_splits)
 
 
 # --------------------------------------------------------------------------- data sharding
@@ -139,34 +209,6 @@ def test_shards_are_disjoint_up_to_the_wraparound():
     assert a.tolist() == [0, 2, 4, 6, 8, 10] and b.tolist() == [1, 3, 5, 7, 9, 0]
 
 
-# --------------------------------------------------------------------------- run directory
-def test_run_dir_refuses_a_non_empty_directory_without_touching_it(tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
-    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    from robustdistill.errors import RunDirError, UsageError
-
-    with pytest.raises(RunDirError, match="--overwrite"):
-        RunDir(tmp_path).prepare(resume=False, overwrite=False)
-    with pytest.raises(RunDirError, match="nothing to resume"):
-        RunDir(tmp_path).prepare(resume=True, overwrite=False)
-    with pytest.raises(UsageError, match="only one"):
-        RunDir(tmp_path).prepare(resume=True, overwrite=True)
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
-
-
-def test_run_dir_overwrite_removes_run_files_and_stale_temp_files_only(tmp_path):
-    for name in ("checkpoint.pt", "report.md", "per_class_pgd.png", ".checkpoint.pt.abc.tmp", "notes.txt"):
-        (tmp_path / name).write_text("x")
-    RunDir(tmp_path).prepare(resume=False, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-
-
-def test_truncate_metrics_drops_epochs_past_the_checkpoint_and_a_cut_line(tmp_path):
-    lines = [json.dumps({"epoch": e, "train_loss": 1.0}) for e in (1, 2, 3)]
-    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 4, "train_lo')
-    RunDir(tmp_path).truncate_metrics(2)
-    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
-
 
 # --------------------------------------------------------------------------- checkpoints
 def test_checkpoint_is_complete_and_loads_weights_only(small_splits, tmp_path):
@@ -174,7 +216,7 @@ def test_checkpoint_is_complete_and_loads_weights_only(small_splits, tmp_path):
     trainer = make_trainer(small_splits, method="fair-ard", run_dir=run)
     trainer.fit()
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert state["format"] == CHECKPOINT_FORMAT and state["epoch"] == 1
+    assert state["format"] == CHECKPOINT_FORMAT and state["epoch"] == 1 and state["optimizer_name"] == "sgd"
     model = trainer.student.state_dict()
     assert state["model"].keys() == model.keys() and all(torch.equal(state["model"][k], model[k]) for k in model)
     momentum = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
@@ -184,18 +226,57 @@ def test_checkpoint_is_complete_and_loads_weights_only(small_splits, tmp_path):
     assert isinstance(state["rng"]["torch"], torch.Tensor) and len(state["rng"]["python"]) == 625
     assert "scaler" in state and len(state["history"]) == 1 and state["history"][0]["epoch"] == 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    manifest = json.loads((tmp_path / ".robustdistill-manifest.json").read_text())
+    assert manifest["files"] == {"checkpoint.pt": "distill", "metrics.jsonl": "distill"}
+
+
+def _assert_same_optimizer_state(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for index, state in a["state"].items():
+        assert state.keys() == b["state"][index].keys()
+        for key, value in state.items():
+            other = b["state"][index][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, (index, key)
 
 
 def test_checkpoint_resume_restores_model_optimizer_and_strategy(small_splits, tmp_path):
     first = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(tmp_path), epochs=2)
-    first.cfg.epochs = 1  # stop after one of two epochs, as a killed run would
+    first.cfg = dataclasses.replace(first.cfg, epochs=1)  # stop after one of two epochs, as a killed run would
     first.fit()
     second = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(tmp_path), epochs=2)
     second.load_checkpoint(tmp_path / "checkpoint.pt")
-    assert second.start_epoch == 1
+    assert second.start_epoch == 1 and second.run_dir.checkpoint_epoch == 1
     assert second.strategy.weights.tolist() == first.strategy.weights.tolist()
     assert all(torch.equal(a, b) for a, b in zip(second.student.state_dict().values(), first.student.state_dict().values()))
-    assert second.optimizer.state_dict()["state"].keys() == first.optimizer.state_dict()["state"].keys()
+    _assert_same_optimizer_state(second.optimizer.state_dict(), first.optimizer.state_dict())
+    momentum = [s["momentum_buffer"] for s in second.optimizer.state_dict()["state"].values()]
+    assert momentum and all(m.abs().sum() > 0 for m in momentum)  # real buffers, not fresh zeros
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_killed_and_resumed_training_is_bit_identical(small_splits, tmp_path, optimizer):
+    lr = 0.1 if optimizer == "sgd" else 1e-3
+    straight = make_trainer(small_splits, method="fair-ard", epochs=2, optimizer=optimizer, lr=lr)
+    straight.fit()
+    first = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(tmp_path), epochs=2, optimizer=optimizer, lr=lr)
+    first.cfg = dataclasses.replace(first.cfg, epochs=1)
+    first.fit()
+    resumed = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(tmp_path), epochs=2, optimizer=optimizer, lr=lr)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")  # read (and checked) before the trainer takes it
+    assert state["epoch"] == 1 and state["optimizer_name"] == optimizer
+    resumed.resume_from(state, tmp_path / "checkpoint.pt")
+    resumed.fit()
+    for key, value in straight.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    _assert_same_optimizer_state(resumed.optimizer.state_dict(), straight.optimizer.state_dict())
+    assert resumed.strategy.weights.tolist() == straight.strategy.weights.tolist()
+
+
+def test_resume_with_another_optimizer_is_a_one_line_error(small_splits, tmp_path):
+    make_trainer(small_splits, run_dir=RunDir(tmp_path)).fit()
+    with pytest.raises(CheckpointError) as info:
+        make_trainer(small_splits, optimizer="adamw", lr=1e-3).load_checkpoint(tmp_path / "checkpoint.pt")
+    assert "\n" not in str(info.value) and "sgd optimizer, not adamw" in str(info.value)
 
 
 def test_checkpoint_write_goes_through_a_temp_file_and_os_replace(small_splits, tmp_path, monkeypatch):
@@ -225,16 +306,17 @@ def test_failed_checkpoint_save_keeps_the_previous_checkpoint(small_splits, tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        trainer._save(2)
+    with pytest.raises(DiskFullError) as info:
+        trainer.save_checkpoint(2)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "checkpoint.pt") in message and "bytes free" in message
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_unreadable_checkpoint_is_one_line_error(small_splits, tmp_path):
-    from robustdistill.errors import CheckpointError
-
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError) as info:
         make_trainer(small_splits).load_checkpoint(tmp_path / "checkpoint.pt")
@@ -267,7 +349,7 @@ def test_non_finite_steps_are_skipped_and_counted(small_splits, tmp_path, monkey
 
 def test_consecutive_non_finite_losses_abort_with_the_last_checkpoint_intact(small_splits, tmp_path, monkeypatch):
     trainer = make_trainer(small_splits, run_dir=RunDir(tmp_path), epochs=2, max_nonfinite=3)
-    steps = trainer._steps_per_epoch()
+    steps = trainer.steps_per_epoch()
     _poison_loss(monkeypatch, trainer.strategy, set(range(steps, 10 * steps)))  # all of epoch 2
     epoch1 = {}
     with pytest.raises(NonFiniteLossError) as info:
@@ -307,13 +389,13 @@ def test_non_finite_abort_is_a_one_line_cli_error(teacher_file, tmp_path, monkey
 # --------------------------------------------------------------------------- validation
 def test_validation_uses_the_val_split_and_matches_an_independent_evaluation(small_splits, monkeypatch):
     seen = []
-    real = train_mod.evaluate_model
+    real = validation_mod.evaluate_model
 
     def recording(model, split, *args, **kwargs):
         seen.append(split)
         return real(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "evaluate_model", recording)
+    monkeypatch.setattr(validation_mod, "evaluate_model", recording)
     trainer = make_trainer(small_splits, epochs=1, val_pgd_steps=2)
     record = trainer.fit()[-1]
     assert seen == [small_splits.val] and seen[0].name == "val"
@@ -367,11 +449,90 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(small_splits, amp, channel
     assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
+
+
+# --------------------------------------------------------------------------- disk full (a real, small tmpfs)
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs mounted for the test (needs root and mount rights; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({(result.stderr or result.stdout).strip()[:120]})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write a filler file until the file system says ENOSPC; returns it."""
+    filler = directory / "filler.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_during_training_keeps_the_last_checkpoint_and_resumes_bit_identically(small_splits, small_disk, tmp_path):
+    straight = make_trainer(small_splits, method="fair-ard", epochs=2)
+    straight.fit()
+    run = small_disk / "run"
+    trainer = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(run), epochs=2)
+    filler = []
+    with pytest.raises(DiskFullError) as info:
+        trainer.fit(on_epoch=lambda record: filler.append(fill_disk(small_disk)))  # full after epoch 1
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"disk full: could not write {run / 'checkpoint.pt'}")
+    assert f"the file system at {small_disk} has {info.value.free_bytes:,} bytes free" in message
+    assert f"resume with `robustdistill distill --resume --out {run}`" in message
+    assert "the checkpoint of epoch 1" in message
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]  # epoch 2's line fitted in the log's last block
+
+    filler[0].unlink()  # space again: resume
+    resumed = make_trainer(small_splits, method="fair-ard", run_dir=RunDir(run), epochs=2)
+    resumed.load_checkpoint(run / "checkpoint.pt")
+    resumed.fit()
+    for key, value in straight.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    timing = ("seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run)] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in straight.history]
+
+
+def test_disk_full_writing_a_model_or_a_report_keeps_the_old_files(small_splits, small_disk):
+    from robustdistill.models import build_student, save_classifier
+    from robustdistill.report import write_evaluation
+
+    model = build_student("tiny_cnn", small_splits.info.hint())
+    report = evaluate_model(model, small_splits.val, small_splits.info.class_names, attacks=("clean",),
+                            n_examples=10, batch_size=256).to_dict()
+    save_classifier(model, small_disk / "student.safetensors")
+    write_evaluation(report, small_disk)
+    before = {p.name: p.read_bytes() for p in small_disk.iterdir()}
+    fill_disk(small_disk)
+    with pytest.raises(DiskFullError, match="student.safetensors"):
+        save_classifier(build_student("small_cnn", small_splits.info.hint()), small_disk / "student.safetensors")
+    with pytest.raises(DiskFullError, match="report.json"):
+        write_evaluation({**report, "note": "x" * 100_000}, small_disk)
+    assert {p.name: p.read_bytes() for p in small_disk.iterdir() if p.name != "filler.bin"} == before  # no temp file either
+
+
 # --------------------------------------------------------------------------- DDP (torchrun, gloo, CPU)
-def _torchrun(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(script_args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=2 tests/ddp_train.py ARGS`` (the script records what each rank ended with)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "robustdistill", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+               str(TESTS / "ddp_train.py"), *script_args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    if _spurious_abort(result):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return result
 
 
 def _spurious_abort(result: subprocess.CompletedProcess) -> bool:
@@ -380,21 +541,19 @@ def _spurious_abort(result: subprocess.CompletedProcess) -> bool:
     return result.returncode != 0 and ("SIGABRT" in text or "Signal 6" in text or result.returncode in (-6, 134))
 
 
+def _ddp_env() -> dict[str, str]:
+    return dict(os.environ, ROBUSTDISTILL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+                HF_HUB_OFFLINE="1", COLUMNS="200")
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_fair_ard(tmp_path, teacher_file):
-    out, debug = tmp_path / "run", tmp_path / "debug"
-    debug.mkdir()
-    env = dict(os.environ, ROBUSTDISTILL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-               HF_HUB_OFFLINE="1", COLUMNS="200", ROBUSTDISTILL_DEBUG_DDP_DIR=str(debug))
+    out, ranks_dir = tmp_path / "run", tmp_path / "ranks"
+    ranks_dir.mkdir()
     args = ["distill", "--teacher", str(teacher_file), "--method", "fair-ard", "--epochs", "1", "--batch-size", "64",
             "--attack-steps", "2", "--val-pgd-steps", "2", "--eval-attacks", "clean,pgd", "--eval-n-examples", "20",
             "--device", "cpu", "--out", str(out)]
-    result = _torchrun(args, env, tmp_path)
-    if _spurious_abort(result):
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
-        result = _torchrun(args, env, tmp_path)
+    result = _torchrun(["cli", str(ranks_dir), *args], _ddp_env(), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     # one set of files, written once (rank 1 neither evaluated nor wrote nor printed)
@@ -404,8 +563,8 @@ def test_torchrun_two_processes_fair_ard(tmp_path, teacher_file):
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [1] and "val_pgd" in records[0]
 
-    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world"] for r in ranks] == [2, 2]
+    ranks = [json.loads((ranks_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["exit_code"] for r in ranks] == [0, 0]
     # identical models (parameters and the averaged BN statistics) and Fair-ARD weights on both ranks
     assert ranks[0]["state_sha256"] == ranks[1]["state_sha256"]
     assert ranks[0]["strategy"]["class_weights"] == ranks[1]["strategy"]["class_weights"] == records[0]["class_weights"]
@@ -425,52 +584,11 @@ def test_torchrun_two_processes_fair_ard(tmp_path, teacher_file):
     assert report["student"]["data"]["split"] == "test" and report["teacher"] is not None
 
 
-DDP_NAN_SCRIPT = '''
-import hashlib, json, os, sys
-from dataclasses import replace
-import torch
-from robustdistill.data import load_dataset
-from robustdistill.methods import AttackSettings, build_strategy
-from robustdistill.models import build_student, freeze
-from robustdistill.train import Trainer, TrainConfig, destroy_distributed
-
-splits = load_dataset("digits")
-splits = replace(splits, train=splits.train.subset(torch.arange(512)))
-torch.manual_seed(int(os.environ["RANK"]))  # different initial weights per rank: DDP must broadcast rank 0's
-student = build_student("tiny_cnn", splits.info.hint())
-teacher = freeze(build_student("small_cnn", splits.info.hint()))
-strategy = build_strategy("fair-rslad", attack=AttackSettings(0.2, 0.05, 1), num_classes=10)
-rank, real, calls = int(os.environ["RANK"]), strategy.loss, [0]
-
-def loss(*args, **kwargs):  # a NaN on rank 0 only, at its 2nd and 3rd step
-    value, stats = real(*args, **kwargs)
-    calls[0] += 1
-    return (value * float("nan") if rank == 0 and calls[0] in (2, 3) else value), stats
-
-strategy.loss = loss
-config = TrainConfig(epochs=2, batch_size=64, val_pgd_steps=1, val_n_examples=32)
-trainer = Trainer(student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info,
-                  config=config, device=torch.device("cpu"))
-history = trainer.fit()
-state = {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for k, v in student.state_dict().items()}
-with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as handle:
-    json.dump({"skipped": [r["skipped_steps"] for r in history], "loss": [r["train_loss"] for r in history],
-               "weights": strategy.weights.tolist(), "state": state, "validated": ["val_pgd" in r for r in history]}, handle)
-destroy_distributed()
-'''
-
-
 @pytest.mark.slow
 def test_torchrun_non_finite_skip_is_collective_and_ranks_stay_identical(tmp_path):
     """A NaN on one rank only: every rank skips that step (no deadlock in the gradient all-reduce),
     the count is per step (not per rank), and parameters, BN statistics and Fair weights stay equal."""
-    script = tmp_path / "ddp_nan.py"
-    script.write_text(DDP_NAN_SCRIPT)
-    env = dict(os.environ, ROBUSTDISTILL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    if _spurious_abort(result):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    result = _torchrun(["nan", str(tmp_path)], _ddp_env(), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["skipped"] == r1["skipped"] == [2, 0]

@@ -1,0 +1,63 @@
+"""Per-epoch validation on the held-out split (carved from the training data, never the test split),
+and best-on-validation model selection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from ..data import DatasetInfo, Split
+from ..evaluation import EvalSettings, evaluate_model
+from .config import TrainConfig
+
+
+def validation_record(
+    student: nn.Module, split: Split, info: DatasetInfo, config: TrainConfig, *, eps: float, device: torch.device,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Clean and PGD accuracy of ``student`` on the validation ``split``, as ``val_*`` metrics.
+
+    PGD uses ``config.val_pgd_steps`` steps at ``eps`` with the run's seed; its bars are drawn into
+    ``progress`` and removed again.
+    """
+    settings = EvalSettings(eps=eps, pgd_steps=config.val_pgd_steps, seed=config.seed)
+    result = evaluate_model(
+        student, split, info.class_names, attacks=("clean", "pgd"), settings=settings,
+        n_examples=config.val_n_examples, batch_size=max(256, config.batch_size), device=device,
+        description="validating", progress=progress, keep_tasks=False,
+    )
+    clean, robust = result.summary("clean"), result.summary("pgd")
+    return {
+        "val_clean": clean["accuracy"], "val_pgd": robust["accuracy"],
+        "val_pgd_worst": robust["worst_class"]["accuracy"], "val_pgd_worst_class": robust["worst_class"]["name"],
+        "val_pgd_nsd": robust["nsd"],
+    }
+
+
+def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
+    """Validate after every ``val_every``-th (1-based) epoch and after the last."""
+    return epoch % config.val_every == 0 or epoch == config.epochs
+
+
+def updated_best(best: dict[str, Any], record: dict[str, Any], student: nn.Module, select: str) -> dict[str, Any]:
+    """``best`` after ``record``: a copy of the student's weights when its validation PGD accuracy is a new high.
+
+    Only ``select="best-val"`` keeps weights (``"last"`` returns ``best`` unchanged); ties keep the earlier epoch.
+    """
+    if select != "best-val" or record.get("val_pgd", -1) <= best.get("val_pgd", -1):
+        return best
+    return {"epoch": record["epoch"], "val_pgd": record["val_pgd"],
+            "model": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}}
+
+
+def selected_epoch(best: dict[str, Any], history: list[dict[str, Any]], select: str) -> int:
+    """The epoch whose weights the run reports (the best validation epoch with ``select='best-val'``)."""
+    if select == "best-val" and best.get("epoch") is not None:
+        return int(best["epoch"])
+    return len(history)
+
+
+__all__ = ["is_validation_epoch", "selected_epoch", "updated_best", "validation_record"]
