@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from robustdistill._utils import versions
+from robustdistill.runtime import versions
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"

@@ -165,7 +165,7 @@ def main() -> None:
     for (method, _), out in zip(jobs, done):
         runs[method].append(out)
     rows = collect(runs)
-    from robustdistill._utils import versions
+    from robustdistill.runtime import versions
 
     meta = {"command": "python benchmarks/fairness_study.py " + " ".join(sys.argv[1:]), "wall_time_s": time.time() - started,
             "study_hours": study_hours(done), "runs": len(done), "workers": args.workers, "threads": args.threads,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ._utils import select_device, sha256_file
+from .fileio import sha256_file
+from .runtime import select_device
 from .config import MAX_SEED, parse_budget
 from .data import DatasetSplits, load_dataset
 from .errors import UsageError

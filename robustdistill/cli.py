@@ -37,10 +37,7 @@ app = typer.Typer(
 )
 _state = {"debug": os.environ.get("ROBUSTDISTILL_DEBUG") == "1"}
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_ERROR, EXIT_USAGE, EXIT_DISK_FULL = 1, 2, 4
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> None:
+def _fail(message: str, code: int = 1) -> None:
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
@@ -57,21 +54,20 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .signals import terminate_on_sigterm
+        from .signals import as_interrupted, terminate_as_interrupt
 
         try:
-            with terminate_on_sigterm():
+            with terminate_as_interrupt():  # SIGTERM (a scheduler, docker stop) behaves like Ctrl-C
                 return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit, click.exceptions.ClickException):
             raise
         except RobustDistillError as exc:
             if _state["debug"]:
                 raise
-            _fail(_escape(str(exc)), getattr(exc, "exit_code", EXIT_ERROR))
+            _fail(_escape(str(exc)), exc.exit_code)
         except KeyboardInterrupt as exc:
-            signal_number = getattr(exc, "signal_number", 2)
-            name = "terminated (SIGTERM)" if signal_number == 15 else "interrupted"
-            _fail(f"{name}; files already written are intact (resume a run with --resume)", 128 + signal_number)
+            stop = as_interrupted(exc)
+            _fail(_escape(stop.message()), stop.exit_code)
         except Exception as exc:  # noqa: BLE001
             if _state["debug"]:
                 raise
@@ -176,26 +172,47 @@ def evaluate(
 ) -> None:
     """Clean, FGSM, PGD, CW∞ and AutoAttack accuracy of any model - overall and per class."""
     from . import api
-    from .reports import check_output_dir, write_evaluation
+    from .render import write_evaluation
 
     _output_mode(as_json, quiet)
-    if out is not None:
-        check_output_dir(out, "evaluate")  # before the attack: never write over another command's files
+    target = _output_dir(out, "evaluate")  # checked before the attack: never write over another command's files
     result = api.evaluate(
         model, dataset=dataset, data_dir=data_dir, split=split, attacks=attacks, eps=eps, n_examples=n_examples,
         batch_size=batch_size, device=device, seed=seed, pgd_steps=pgd_steps, attack_params=_key_values(attack_param),
         options=_model_options(arch, num_classes, weights, model_dir, mean, std), download=download,
         image_size=image_size, reuse=not fresh,
     )
-    paths = write_evaluation(result, out) if out is not None else []
+    paths = list(_write_outputs(target, lambda path_for: write_evaluation(result, path_for)))
     if as_json:
         _emit_json({"evaluation": result.to_dict() | {"per_sample": None}, "files": [str(p) for p in paths]})
         return
     _print_evaluation(result, paths)
 
 
+def _output_dir(out: Optional[Path], command: str) -> Any:
+    """The ``--out`` directory of a command that only adds outputs, checked (not yet created or locked)."""
+    if out is None:
+        return None
+    from .rundir import RunDir
+
+    target = RunDir(out, command=command)
+    target.check_outputs()
+    return target
+
+
+def _write_outputs(target: Any, write: Callable[[Callable[[str], Path]], Any]) -> Any:
+    """Lock ``target``, write through its manifest-recording ``file``, release (no-op without ``--out``)."""
+    if target is None:
+        return []
+    target.claim_outputs()
+    try:
+        return write(target.file)
+    finally:
+        target.release()
+
+
 def _print_evaluation(result: Any, paths: list[Path]) -> None:
-    from .render.tables import evaluation_table, per_class_table
+    from .render import evaluation_table, per_class_table
 
     stdout_console.print(evaluation_table(result))
     table = per_class_table(result)
@@ -232,17 +249,17 @@ def _list_sections() -> dict[str, Callable[[], list[tuple[str, str]]]]:
     from .data import list_datasets
     from .evaluation import ATTACKS
     from .methods import list_methods
-    from .models import MODEL_SOURCES, list_archs
-    from .train import OPTIMIZERS, SCHEDULES
+    from .models import list_archs, list_teachers
+    from .train import list_optimizers, list_schedules
 
     return {
-        "students": lambda: [(n, d) for n, d in list_archs()],
-        "teachers": lambda: [(s.pattern, s.description) for s in MODEL_SOURCES],
+        "students": list_archs,
+        "teachers": list_teachers,
         "datasets": lambda: [(d.name, d.description) for d in list_datasets()],
         "attacks": lambda: [(a.name, a.description) for a in ATTACKS],
         "methods": lambda: [(m.name, m.summary) for m in list_methods()],
-        "schedules": lambda: [(s.name, s.description) for s in SCHEDULES],
-        "optimizers": lambda: [(o.name, o.description) for o in OPTIMIZERS],
+        "schedules": list_schedules,
+        "optimizers": list_optimizers,
     }
 
 
@@ -258,7 +275,7 @@ def list_cmd(
     from .errors import UsageError
 
     if what == "robustbench":
-        from .models import list_robustbench
+        from .models.robustbench_zoo import list_robustbench
 
         names = list_robustbench()
         _emit_json({"robustbench": names}) if as_json else [stdout_console.print(n, markup=False) for n in names]
@@ -285,19 +302,14 @@ def _python_type(kind: Any) -> Any:
     return args[0] if len(args) == 1 else kind
 
 
-def _click_choices(kind: Any) -> click.Choice | None:
+def _option_parameter(command: str, f: dataclasses.Field, opt: Any, default: Any, kind: Any) -> inspect.Parameter:
+    """One generated CLI option for a run-config field (a ``Literal`` becomes a choice)."""
     import typing
 
     plain = _python_type(kind)
-    return click.Choice(list(typing.get_args(plain))) if typing.get_origin(plain) is typing.Literal else None
-
-
-def _option_parameter(command: str, f: dataclasses.Field, opt: Any, default: Any, kind: Any) -> inspect.Parameter:
-    """One generated CLI option for a run-config field."""
-    plain = _python_type(kind)
-    choices = _click_choices(kind)
-    annotation: Any = str if (opt.parse is not None or choices is not None or plain not in (int, float, bool)) else plain
-    extra: dict[str, Any] = {"click_type": choices} if choices is not None else {}
+    choice = typing.get_origin(plain) is typing.Literal
+    annotation: Any = plain if choice or (opt.parse is None and plain in (int, float, bool)) else str
+    extra: dict[str, Any] = {}
     if plain is bool:
         extra["metavar"] = ""  # a flag takes no value
     if opt.name == "model_dir":
@@ -336,11 +348,15 @@ def _hyperparameter_parameters(command: str, taken: set[str]) -> list[inspect.Pa
     for name, (kind, owners, aliases, text) in sorted(_hyperparameter_flags(command).items()):
         if name in taken:
             raise RuntimeError(f"method hyperparameter {name!r} clashes with a run option of the same name")
-        flags = [f"--{name.replace('_', '-')}", *(f"--{a.replace('_', '-')}" for a in aliases)]
-        described = (text + "; " if text else "") + f"hyperparameter of {', '.join(owners)}. \\[default: the method's]"
         plain = _python_type(kind)
+        flags = [f"--{n.replace('_', '-')}" for n in (name, *aliases)]
+        if plain is bool:
+            flags = [f"{flag}/--no-{flag[2:]}" for flag in flags[:1]]
+        own = text + "; " if text and len(owners) == 1 else ""  # a help line belongs to one method's meaning
+        described = own + f"hyperparameter of {', '.join(owners)}. \\[default: the method's]"
         annotation = plain if plain in (int, float, bool) else str
-        info = typer.Option(*flags, help=described, rich_help_panel="Method hyperparameters", show_default=False)
+        info = typer.Option(*flags, help=described, rich_help_panel="Method hyperparameters", show_default=False,
+                            **({"metavar": ""} if plain is bool else {}))
         out.append(inspect.Parameter(f"hp_{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
                                      annotation=Annotated[Optional[annotation], info]))
     return out
@@ -426,9 +442,22 @@ def _run_from_cli(ctx: typer.Context, command: str, values: dict[str, Any]) -> N
     if values["as_json"]:
         _emit_json(result.summary())
     elif result.student is not None:
-        from .render.run import print_run_summary
+        _print_run(result)
 
-        print_run_summary(result)
+
+def _print_run(result: Any) -> None:
+    """The student's (and teacher's) table, the fairness verdicts, and where the files are."""
+    from .render import evaluation_table, verdicts
+
+    role = "student" if result.teacher is not None else "teacher"
+    stdout_console.print(evaluation_table(result.student, role=role))
+    if result.teacher is not None:
+        stdout_console.print(evaluation_table(result.teacher, role="teacher"))
+    if result.comparison is not None:
+        for line in verdicts(result.comparison):
+            console.print(line, markup=False)
+    names = sorted(p.name for p in result.out_dir.iterdir() if not p.name.startswith("."))
+    console.print(f"wrote {_escape(str(result.out_dir))}/: " + ", ".join(names), markup=False)
 
 
 app.command("distill")(handle_errors(_run_command(
@@ -465,25 +494,24 @@ def fairness_report_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Does each student inherit the reference's robustness evenly across classes? Tables, verdicts and plots."""
-    from .reports import check_output_dir, fairness_report
+    from .render import summary_table, verdicts, write_fairness
+    from .reports import fairness_report
 
     _output_mode(as_json, quiet)
-    check_output_dir(out, "fairness-report")
+    target = _output_dir(out, "fairness-report")
     comparison = fairness_report(
         models, labels=[s.strip() for s in labels.split(",")] if labels else None, dataset=dataset, data_dir=data_dir,
         attacks=attacks, eps=eps, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
         options=_model_options(arch, num_classes, weights, model_dir, mean, std), reuse=not fresh,
     )
-    from .render.files import write_fairness
-    from .render.tables import fairness_table
-    from .render.verdict import verdict_lines
-
-    paths = write_fairness(comparison, out)
+    paths = _write_outputs(target, lambda path_for: write_fairness(comparison, path_for))
     if as_json:
-        _emit_json({"comparison": comparison.to_dict(), "files": [str(p) for p in paths]})
+        from .render import comparison_json
+
+        _emit_json({"comparison": comparison_json(comparison), "files": [str(p) for p in paths]})
         return
-    stdout_console.print(fairness_table(comparison))
-    for line in verdict_lines(comparison):
+    stdout_console.print(summary_table(comparison))
+    for line in verdicts(comparison):
         stdout_console.print(line, markup=False)
     console.print(f"wrote {len(paths)} files to [bold]{_escape(str(out))}[/]: " + ", ".join(p.name for p in paths),
                   soft_wrap=True)

@@ -33,8 +33,8 @@ MAX_SEED = 2**63 - 1
 
 
 def parse_budget(value: Any, name: str = "eps") -> float:
-    """Parse ``8/255``, ``0.0314`` or a number into pixel units of [0, 1] (see :func:`robustdistill._utils.parse_fraction`)."""
-    from ._utils import parse_fraction
+    """Parse ``8/255``, ``0.0314`` or a number into pixel units of [0, 1] (see :func:`robustdistill.units.parse_fraction`)."""
+    from .units import parse_fraction
 
     if isinstance(value, bool):
         raise UsageError(f"{name} must be a number such as 8/255 or 0.031, got {value!r}")

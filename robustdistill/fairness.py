@@ -71,7 +71,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ._utils import format_fraction, versions
+from .runtime import versions
+from .units import format_fraction
 from .errors import UsageError
 from .evaluation import ATTACKS, EvaluationResult, attack_names
 from .metrics import AttackSummary, ClassScore, PairedTest, headline_attack, paired_test, spread_change_interval

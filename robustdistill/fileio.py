@@ -27,40 +27,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from .errors import RobustDistillError
+from .errors import DiskFullError
 
 TEMP_SUFFIX = ".tmp"
 # ``.<target>.<random>.tmp`` (mkstemp; any random part, so files of older versions match too) and the
 # fixed ``.<target>.tmp.png`` that robustdistill.report.save_figure used to write.
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?:[^.]+\.tmp|tmp\.png)$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-class DiskFullError(RobustDistillError):
-    """No space left (or the quota is used up) while writing a file; the file's old content is kept.
-
-    Self-contained (it may move to :mod:`robustdistill.errors`); :func:`disk_full_error` builds it
-    for a path with the disk's mount point and free space.
-
-    Attributes:
-        path: the file that could not be written.
-        mount: the mount point of the file system it lives on.
-        free_bytes: bytes still free there (for an unprivileged user), measured after the failure.
-        hint: what to do; :meth:`with_hint` replaces it (e.g. with the command that resumes a run).
-    """
-
-    DEFAULT_HINT = "free some space there and run the command again"
-
-    def __init__(self, path: str | Path, mount: str | Path, free_bytes: int, hint: str = DEFAULT_HINT) -> None:
-        self.path, self.mount, self.free_bytes, self.hint = Path(path), Path(mount), int(free_bytes), hint
-        super().__init__(f"disk full: could not write {self.path} (the file system at {self.mount} has "
-                         f"{self.free_bytes:,} bytes free); {hint}")
-
-    def with_hint(self, hint: str) -> "DiskFullError":
-        """The same error with another ``hint`` (the traceback and cause are kept)."""
-        error = DiskFullError(self.path, self.mount, self.free_bytes, hint)
-        error.__cause__ = self.__cause__
-        return error.with_traceback(self.__traceback__)
 
 
 def disk_full_error(path: str | Path) -> DiskFullError:

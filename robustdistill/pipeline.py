@@ -15,7 +15,9 @@ from typing import Any, Mapping
 import torch
 
 from . import config as C
-from ._utils import select_device, sha256_file
+from .fileio import sha256_file
+from .runtime import select_device
+from .units import format_fraction
 from .api import describe_model, open_model
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
@@ -26,7 +28,10 @@ from .methods import AttackSettings, build_strategy
 from .models import Classifier, ModelOptions, build_student, freeze, model_file, save_classifier
 from .progress import console, is_main_process
 from .resolve import COMMAND_DEFAULTS, new_config, resume_config
-from .train import RunDir, TrainConfig, Trainer, barrier, destroy_distributed, init_distributed
+from .fairness import Comparison, compare
+from .reports import DISTILL_SCHEMA
+from .rundir import RunDir
+from .train import TrainConfig, Trainer, barrier, destroy_distributed, init_distributed, read_checkpoint
 
 #: The method of the no-argument job: Fair-ARD reweighting over IAD, the base with the best average
 #: and worst-class validation robustness on digits (benchmarks/results/default_job.md).
@@ -44,14 +49,14 @@ class RunResult:
     teacher: EvaluationResult | None
     history: list[dict[str, Any]]
     config: RunConfig
-    comparison: Any = None
+    comparison: Comparison | None = None
 
     def summary(self) -> dict[str, Any]:
         """Overall and worst-class accuracy per attack, for scripts (``--json``)."""
         def brief(result: EvaluationResult | None) -> dict[str, Any] | None:
             if result is None:
                 return None
-            return {a: {"accuracy": result.accuracy(a), "worst_class": _plain(result.summary(a))["worst_class"]}
+            return {a: {"accuracy": result.accuracy(a), "worst_class": result.summary(a).worst_class.to_dict()}
                     for a in result.correct}
 
         return {"out_dir": str(self.out_dir), "model": str(self.student_path), "report": str(self.report_path),
@@ -59,10 +64,6 @@ class RunResult:
 
 
 DistillResult = RunResult  # the name robustdistill 0.1 exported
-
-
-def _plain(summary: Any) -> dict[str, Any]:
-    return summary.to_dict() if hasattr(summary, "to_dict") else summary
 
 
 def train_config(cfg: RunConfig) -> TrainConfig:
@@ -128,8 +129,8 @@ def _rank_device(device: torch.device) -> torch.device:
 
 
 def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> Prepared:
-    """Load and check every input, then (only then) claim the run directory."""
-    run = RunDir(Path(str(cfg.run.out)))
+    """Load and check every input (and, on resume, the checkpoint), then - only then - claim the run directory."""
+    run = RunDir(Path(str(cfg.run.out)), command=command)
     device = _rank_device(select_device(cfg.run.device))
     init_distributed(device)
     run.check(resume=resume, overwrite=overwrite)  # every rank, before rank 0 writes anything
@@ -142,20 +143,30 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     strategy = build_strategy(cfg.method.name, {**cfg.method.params, **cfg.method.fair}, attack=attack,
                               num_classes=splits.info.num_classes)
     teacher_meta = _teacher_meta(cfg)
+    state = _saved_state(run, teacher_meta) if resume else None
     _claim(run, resume=resume, overwrite=overwrite)
     trainer = Trainer(
         student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=train_config(cfg),
         device=device, run_dir=run, eval_settings=eval_settings(float(cfg.method.eps or 0.0)),
         run_config={**cfg.to_dict(), "teacher_sha256": teacher_meta.get("teacher_sha256")},
     )
-    if resume and (run / "checkpoint.pt").exists():  # a run killed in its first epoch has only config.yaml
-        trainer.load_checkpoint(run / "checkpoint.pt")
-        _check_same_teacher(trainer.resumed_config, teacher_meta, run)
+    if state is not None:
+        trainer.resume_from(state, run / "checkpoint.pt")
     return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta)
 
 
+def _saved_state(run: RunDir, teacher_meta: Mapping[str, str]) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``None``: a run killed in its first epoch has only config.yaml), checked."""
+    path = run / "checkpoint.pt"
+    if not path.exists():
+        return None
+    state = read_checkpoint(path)
+    _check_same_teacher(state.get("config") or {}, teacher_meta, run)
+    return state
+
+
 def _claim(run: RunDir, *, resume: bool, overwrite: bool) -> None:
-    """Rank 0 alone creates / cleans the run directory; the other ranks wait (they checked it already)."""
+    """Rank 0 alone creates, locks and cleans the run directory; the other ranks wait (they checked it already)."""
     barrier()
     if is_main_process():
         run.claim(overwrite=overwrite and not resume)
@@ -173,10 +184,8 @@ def _check_same_teacher(saved: Mapping[str, Any], teacher_meta: Mapping[str, str
 def _write_config(prep: Prepared) -> None:
     import yaml
 
-    from ._utils import atomic_write_text
-
     if is_main_process():
-        atomic_write_text(prep.run / "config.yaml", yaml.safe_dump(prep.cfg.to_dict(), sort_keys=False))
+        prep.run.write_text("config.yaml", yaml.safe_dump(prep.cfg.to_dict(), sort_keys=False))
 
 
 def _evaluate_final(prep: Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str,
@@ -192,7 +201,7 @@ def _evaluate_final(prep: Prepared, model: Classifier, model_id: str, info: dict
         dataset=prep.splits.info.name, model_info=info, reuse=reuse,
         reused_message=f"{description}: reusing the identical evaluation from {{source}}",
         batch_size=e.batch_size, device=prep.device, description=description,
-        state_path=prep.run / f".{description}-evaluation.partial.json",  # --resume continues a killed evaluation
+        state_path=prep.run.file(f".{description}-evaluation.partial.json"),  # --resume continues a killed evaluation
     )
 
 
@@ -210,8 +219,6 @@ def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = Fal
 
 
 def _announce(prep: Prepared) -> None:
-    from ._utils import format_fraction
-
     cfg = prep.cfg
     if is_main_process():
         console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
@@ -221,6 +228,14 @@ def _announce(prep: Prepared) -> None:
 
 def _run(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> RunResult:
     prep = _prepare(cfg, command, resume=resume, overwrite=overwrite)
+    try:
+        with prep.run.guard():  # a full disk or a stop names what is intact and the resume command
+            return _train_and_report(prep)
+    finally:
+        prep.run.release()
+
+
+def _train_and_report(prep: Prepared) -> RunResult:
     cfg = prep.cfg
     _write_config(prep)
     _announce(prep)
@@ -244,13 +259,11 @@ def _save_model(prep: Prepared, path: Path) -> None:
     spec = prep.student.spec.with_(source=_provenance(cfg), dataset=cfg.data.name, eps=cfg.method.eps)
     prep.student.spec = spec
     extra = {"dataset": str(cfg.data.name), "method": cfg.method.name, "eps": repr(cfg.method.eps), **prep.teacher_meta}
-    save_classifier(prep.student, path, config=cfg.to_dict(), extra=extra)
+    save_classifier(prep.student, prep.run.file(path.name), config=cfg.to_dict(), extra=extra)
 
 
 def _provenance(cfg: RunConfig) -> str:
     """``ModelSpec.source`` of a trained model: how it was made."""
-    from ._utils import format_fraction
-
     what = f"(eps {format_fraction(float(cfg.method.eps or 0))}, seed {cfg.train.seed})"
     if cfg.teacher.id:
         return f"robustdistill distill --method {cfg.method.name} --teacher {cfg.teacher.id} {what}"
@@ -258,11 +271,38 @@ def _provenance(cfg: RunConfig) -> str:
 
 
 def write_run_report(prep: Prepared, student: EvaluationResult, teacher: EvaluationResult | None,
-                     history: list[dict[str, Any]]) -> Any:
+                     history: list[dict[str, Any]]) -> Comparison | None:
     """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher)."""
-    from .render.run import write_run_files
+    from .render import RunHeader, write_run_files
 
-    return write_run_files(prep.run.path, prep.cfg, student, teacher, history, prep.trainer.selected_epoch)
+    cfg, selected = prep.cfg, prep.trainer.selected_epoch
+    report: dict[str, Any] = {
+        "schema": DISTILL_SCHEMA,
+        "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.train.select,
+                "selected_epoch": selected, "selected_validation": _validation(history, selected),
+                "final_validation": _validation(history, len(history))},
+        "student": student.to_dict(),
+        "teacher": teacher.to_dict() if teacher is not None else None,
+    }
+    comparison = compare([("teacher", teacher), ("student", student)]) if teacher is not None else None
+    header = RunHeader(cfg.method.name, cfg.teacher.id, cfg.student.arch, len(history), cfg.train.seed,
+                       _selection_text(cfg.train.select, selected, history))
+    write_run_files(prep.run.file, report, header, student, teacher, comparison)
+    return comparison
+
+
+def _validation(history: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """The validation numbers logged for ``epoch`` (1-based; empty if it was not validated)."""
+    record = next((r for r in history if r.get("epoch") == epoch), {})
+    return {k: v for k, v in record.items() if k.startswith("val_")}
+
+
+def _selection_text(select: str, epoch: int, history: list[dict[str, Any]]) -> str:
+    if select != "best-val":
+        return f"last epoch ({epoch})"
+    val = _validation(history, epoch).get("val_pgd")
+    shown = f", validation PGD accuracy {val:.1%}" if isinstance(val, float) else ""
+    return f"best-val: epoch {epoch} of {len(history)}, the best on validation PGD accuracy{shown}"
 
 
 # --------------------------------------------------------------------------- Python API

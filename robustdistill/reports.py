@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ._utils import format_fraction
+from .units import format_fraction
 from .errors import RobustDistillError, UsageError
 from .evaluation import EvaluationResult, attack_names
 from .evaluation.result import LEGACY_SCHEMA as LEGACY_EVALUATION_SCHEMA
@@ -230,7 +230,7 @@ def fairness_report(
     explicit settings, else those of the first report, else the defaults (clean,pgd at 8/255, or
     the eps recorded in the first robustdistill model). The data is loaded once.
     """
-    from ._utils import parse_fraction
+    from .units import parse_fraction
 
     if len(models) < 2:
         raise UsageError("fairness-report needs at least two models: the reference (e.g. the teacher) and a student")

@@ -166,6 +166,6 @@ def resume_config(out: str | Path, options: Mapping[str, Any], params: Mapping[s
 
 
 def _show(value: Any) -> str:
-    from ._utils import format_fraction
+    from .units import format_fraction
 
     return format_fraction(value) if isinstance(value, float) else repr(value)

@@ -25,11 +25,36 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _device_index(device: torch.device) -> int:
+    if device.index is not None:
+        return device.index
+    return torch.get_device_module(device.type).current_device()
+
+
 @contextlib.contextmanager
-def forked_rng(device: torch.device | None = None) -> Iterator[None]:
-    """Run a block without disturbing the caller's torch RNG (pyautoattack reseeds globally)."""
-    devices = [device] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+def forked_rng(device: torch.device | str | None = None, seed: int | None = None) -> Iterator[None]:
+    """Run a block on a private copy of the RNG state (CPU and ``device``), seeded with ``seed`` if given.
+
+    The caller's random stream is restored afterwards, so e.g. AutoAttack (which reseeds the
+    global generator) or Fair-ARD's separate kappa attack never shift the training run's noise.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.default_generator.manual_seed(seed)
+            yield
+        return
+    index = _device_index(device)
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            module = torch.get_device_module(device.type)
+            if device.type == "cuda":
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+            else:
+                module.manual_seed(seed)
         yield
 
 

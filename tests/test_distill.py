@@ -177,7 +177,7 @@ def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, watched_te
     if _teacher_free(method):
         assert "robustdistill.teacher" not in meta
     else:
-        from robustdistill._utils import sha256_file
+        from robustdistill.fileio import sha256_file
 
         assert meta["robustdistill.teacher"] == str(teacher_file)
         assert meta["robustdistill.teacher_sha256"] == sha256_file(teacher_file)

@@ -1,7 +1,7 @@
 """Atomic writers and appends: disk full (ENOSPC / EDQUOT injected into the real writer) is one
 line naming the file, its file system and the free bytes, with the old content kept and no
 temporary file left; appends never leave half a line; two processes writing the same file never
-share a temporary file; the old ``robustdistill._utils`` imports still work.
+share a temporary file.
 """
 
 from __future__ import annotations
@@ -117,15 +117,6 @@ def test_two_processes_writing_one_file_never_share_a_temp_file(tmp_path):
     content = target.read_bytes()
     assert content in (b"a" * 200_000, b"b" * 200_000)  # one whole version, never a mix
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
-
-
-def test_old_utils_imports_still_work():
-    from robustdistill import _utils, rng, runtime, units
-
-    assert _utils.atomic_write_json is fileio.atomic_write_json and _utils.sha256_file is fileio.sha256_file
-    assert _utils.derive_seed is rng.derive_seed and _utils.forked_rng is rng.forked_rng
-    assert _utils.parse_fraction is units.parse_fraction and _utils.select_device is runtime.select_device
-    assert _utils.versions is runtime.versions and _utils.format_fraction is units.format_fraction
 
 
 def test_mount_point_of_a_missing_path_is_that_of_its_nearest_existing_ancestor(tmp_path):

@@ -97,7 +97,7 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 
 
 def test_weightsio_is_a_leaf() -> None:
-    allowed = {"torch", "safetensors", "robustdistill.errors", "robustdistill._utils"}
+    allowed = {"torch", "safetensors", "robustdistill.errors"}
     stdlib = set(sys.stdlib_module_names)
     modules = {m for m, _, _ in _imports(MODELS_DIR / "weightsio.py")}
     foreign = {m for m in modules if m.split(".")[0] not in stdlib and m not in allowed and m.split(".")[0] not in allowed}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from robustdistill.errors import RunDirError, UsageError
-from robustdistill.fileio import DiskFullError
+from robustdistill.errors import DiskFullError
 from robustdistill.rundir import LOCK_NAME, MANIFEST_NAME, RunDir, holder_pid
 
 BOOKKEEPING = [MANIFEST_NAME, LOCK_NAME]

@@ -25,7 +25,7 @@ from robustdistill.evaluation import EvalSettings, evaluate_model
 from robustdistill.methods import AttackSettings, build_strategy
 from robustdistill.models import build_student, freeze, save_classifier
 from robustdistill.errors import CheckpointError, UsageError
-from robustdistill.fileio import DiskFullError
+from robustdistill.errors import DiskFullError
 from robustdistill.train import (
     CHECKPOINT_FORMAT, OPTIMIZERS, SCHEDULES, Dist, NonFiniteLossError, RunDir, TrainConfig, Trainer, lr_factor,
     read_checkpoint, shard_order,

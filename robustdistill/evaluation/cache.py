@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .._utils import atomic_write_json
+from ..fileio import atomic_write_json
 from ..data import Split
 from ..progress import console
 from .attacks import ATTACKS, EvalAttack, EvalSettings

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import UsageError
-from .._utils import format_fraction, versions
+from ..runtime import versions
+from ..units import format_fraction
 from ..metrics import summarize
 from .attacks import ATTACKS, EvalAttack, EvalSettings
 

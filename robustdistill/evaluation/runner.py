@@ -19,8 +19,9 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .._utils import atomic_write_json, derive_seed
-from ..context import eval_mode, forked_rng
+from ..fileio import atomic_write_json
+from ..modes import eval_mode
+from ..rng import derive_seed, forked_rng
 from ..data import Split
 from ..errors import UsageError
 from ..progress import Progress, make_progress

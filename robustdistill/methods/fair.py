@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..attacks import pgd
-from ..context import eval_mode, forked_rng
+from ..modes import eval_mode
+from ..rng import forked_rng
 from ..errors import UsageError
 from ..params import as_dict
 from .base import AttackOutput, Strategy

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .._utils import atomic_write_bytes, parse_fraction
+from ..fileio import atomic_write_bytes
+from ..units import parse_fraction
 from ..errors import CheckpointError, ModelError, RobustDistillError, UsageError
 from .classifier import Classifier
 from .registry import build_arch

@@ -8,9 +8,9 @@ from an earlier evaluation, from where, and when they were computed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from .._utils import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..evaluation import EvaluationResult
 from ..fairness import Comparison
 from .markdown import RunHeader, evaluation_document, fairness_markdown, run_markdown
@@ -41,44 +41,57 @@ def result_provenance(result: EvaluationResult) -> dict[str, dict[str, str]]:
     return reused_only(result.provenance)
 
 
-def write_evaluation(result: EvaluationResult, out_dir: str | Path, provenance: Provenance | None = None) -> tuple[Path, Path]:
-    """report.json (:meth:`EvaluationResult.to_dict`) and report.md into ``out_dir`` (created)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+Out = Path | str | Callable[[str], Path]
+
+
+def path_function(out: Out) -> Callable[[str], Path]:
+    """``name -> path`` for an output directory (created) or a function such as ``RunDir.file``
+    (which records every file it hands out in the directory's manifest)."""
+    if callable(out):
+        return out
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    return lambda name: directory / name
+
+
+def write_evaluation(result: EvaluationResult, out: Out, provenance: Provenance | None = None) -> tuple[Path, Path]:
+    """report.json (:meth:`EvaluationResult.to_dict`) and report.md into ``out`` (see :func:`path_function`)."""
+    path_for = path_function(out)
     origin = provenance if provenance is not None else result_provenance(result)
-    atomic_write_json(out / "report.json", result.to_dict())
-    atomic_write_text(out / "report.md", evaluation_document(result, origin))
-    return out / "report.json", out / "report.md"
+    json_path, md_path = path_for("report.json"), path_for("report.md")
+    atomic_write_json(json_path, result.to_dict())
+    atomic_write_text(md_path, evaluation_document(result, origin))
+    return json_path, md_path
 
 
-def write_fairness(comparison: Comparison, out_dir: Path | str, *, plots: bool = True,
+def write_fairness(comparison: Comparison, out_dir: Out, *, plots: bool = True,
                    provenance: Mapping[str, Provenance] | None = None) -> list[Path]:
     """Write fairness.json, fairness.md and the PNGs into ``out_dir`` (created); returns the paths.
 
     Args:
         comparison: the numbers.
-        out_dir: the directory.
+        out_dir: the directory, or a function giving each file's path (see :func:`path_function`).
         plots: also draw ``per_class_/scatter_/delta_<attack>.png``.
         provenance: model label -> per-attack provenance (default: read from each model's info).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = comparison_plots(comparison, out) if plots else []
+    path_for = path_function(out_dir)
+    images = comparison_plots(comparison, path_for) if plots else []
     notes = {a: list(scatter_skips(comparison, a).values()) for a in comparison.attacks} if plots else {}
     origin = provenance if provenance is not None else {
         m.label: reused_only(m.provenance) for m in comparison.models}
-    atomic_write_json(out / "fairness.json", comparison_json(comparison))
-    atomic_write_text(out / "fairness.md", fairness_markdown(comparison, images, origin, notes))
-    return [out / "fairness.json", out / "fairness.md", *images]
+    json_path, md_path = path_for("fairness.json"), path_for("fairness.md")
+    atomic_write_json(json_path, comparison_json(comparison))
+    atomic_write_text(md_path, fairness_markdown(comparison, images, origin, notes))
+    return [json_path, md_path, *images]
 
 
-def write_run_files(out_dir: Path | str, report: Mapping[str, Any], header: RunHeader, student: EvaluationResult,
+def write_run_files(out_dir: Out, report: Mapping[str, Any], header: RunHeader, student: EvaluationResult,
                      teacher: EvaluationResult | None = None, comparison: Comparison | None = None,
                      provenance: Mapping[str, Provenance] | None = None) -> list[Path]:
     """A run's report: fairness files (with a comparison), report.json, report.md and per_class.png.
 
     Args:
-        out_dir: the run directory.
+        out_dir: the run directory, or its :meth:`~robustdistill.rundir.RunDir.file`.
         report: the report.json content assembled by the caller (run record, evaluations);
             ``fairness`` is added from ``comparison``.
         header: what report.md says about the run.
@@ -86,14 +99,14 @@ def write_run_files(out_dir: Path | str, report: Mapping[str, Any], header: RunH
         comparison: student vs teacher.
         provenance: role (``student``/``teacher``) -> per-attack provenance (default: from model info).
     """
-    out = Path(out_dir)
-    paths = write_fairness(comparison, out) if comparison is not None else []
+    path_for = path_function(out_dir)
+    paths = write_fairness(comparison, path_for) if comparison is not None else []
     content = dict(report)
     if comparison is not None:
         content["fairness"] = comparison_json(comparison)
     origin = provenance if provenance is not None else {
         role: result_provenance(r) for role, r in (("student", student), ("teacher", teacher)) if r is not None}
-    atomic_write_json(out / "report.json", content)
-    atomic_write_text(out / "report.md", run_markdown(header, student, teacher, comparison, origin))
-    paths += [out / "report.json", out / "report.md", run_plot(student, teacher, out / "per_class.png")]
-    return paths
+    json_path, md_path = path_for("report.json"), path_for("report.md")
+    atomic_write_json(json_path, content)
+    atomic_write_text(md_path, run_markdown(header, student, teacher, comparison, origin))
+    return [*paths, json_path, md_path, run_plot(student, teacher, path_for("per_class.png"))]

@@ -8,9 +8,12 @@ why instead.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+import io
 
+from pathlib import Path
+from typing import Callable, Any, Sequence
+
+from ..fileio import atomic_write_bytes
 from ..evaluation import EvaluationResult
 from ..fairness import AttackComparison, Comparison, ModelEntry, StudentComparison
 from ..metrics import AttackSummary, headline_attack
@@ -36,18 +39,15 @@ def figure_size(num_items: int, per_item: float = 0.35, base: float = 2.5, heigh
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    """Save a matplotlib figure as PNG through a temporary file and a rename, then close it."""
+    """Save a matplotlib figure as PNG, atomically (a private temporary file and a rename), then close it."""
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        tmp.replace(path)
+        fig.savefig(buffer, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def class_order(values: Sequence[float | None], sort: bool) -> list[int]:
@@ -336,16 +336,21 @@ def comparison_series(comparison: Comparison, attack: str) -> list[tuple[str, At
     return [(m.label, m.results[attack]) for m in comparison.models]
 
 
-def comparison_plots(comparison: Comparison, out_dir: Path) -> list[Path]:
-    """``per_class_<attack>.png``, ``scatter_<attack>.png`` and ``delta_<attack>.png`` for every attack."""
+def comparison_plots(comparison: Comparison, out_dir: Path | Callable[[str], Path]) -> list[Path]:
+    """``per_class_<attack>.png``, ``scatter_<attack>.png`` and ``delta_<attack>.png`` for every attack.
+
+    ``out_dir`` is a directory or a function giving the path of a file name (a run directory's
+    :meth:`~robustdistill.rundir.RunDir.file`, which records what it writes).
+    """
+    path_for = out_dir if callable(out_dir) else (lambda name: Path(out_dir) / name)
     paths = []
     scope_line = comparison_scope(comparison)
     models = names_list([m.label for m in comparison.models])
     for attack, params in comparison.settings.attacks.items():
         label = attack_label(attack, params)
         paths.append(plot_per_class(comparison_series(comparison, attack), comparison.data.class_names,
-                                    out_dir / f"per_class_{attack}.png", ylabel=f"{label} accuracy (%)",
+                                    path_for(f"per_class_{attack}.png"), ylabel=f"{label} accuracy (%)",
                                     title=f"Per-class {label} accuracy: {models}\n{scope_line}"))
-        paths.append(plot_scatter(comparison, attack, out_dir / f"scatter_{attack}.png"))
-        paths.append(plot_deltas(comparison, attack, out_dir / f"delta_{attack}.png"))
+        paths.append(plot_scatter(comparison, attack, path_for(f"scatter_{attack}.png")))
+        paths.append(plot_deltas(comparison, attack, path_for(f"delta_{attack}.png")))
     return paths

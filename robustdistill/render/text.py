@@ -11,7 +11,7 @@ import dataclasses
 
 from typing import Any, Iterable, Mapping
 
-from .._utils import format_fraction
+from ..units import format_fraction
 from ..metrics import ALPHA, PairedTest
 
 # One entry per attack: {"source": where the numbers were read from, "computed": when they were made}.

@@ -65,18 +65,32 @@ def checkpoint_state(parts: TrainingParts, progress: Progress) -> dict[str, Any]
     return state
 
 
+#: What :func:`restore` reads, with the type each must have (a damaged file is refused before anything is touched).
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "model": dict, "optimizer": dict, "strategy": dict, "rng": dict,
+}
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load ``path`` (weights only) and check it is a robustdistill training checkpoint.
 
     Raises:
         CheckpointError: unreadable, truncated or not a training checkpoint (one line, with the fix).
     """
+    from ..models.weightsio import torch_load_weights_only
+
+    # Never advise --overwrite here: the run may have finished, and its model and reports are intact.
+    fix = "the run's other files are untouched; to train again, choose a new --out"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     except Exception as exc:  # noqa: BLE001 - whatever torch raises, the user needs the same advice
-        raise CheckpointError(f"cannot read {path} ({str(exc).splitlines()[0][:120]}); start over with --overwrite") from None
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {path} ({first}); {fix}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a robustdistill training checkpoint; start over with --overwrite")
+        raise CheckpointError(f"{path} is not a robustdistill training checkpoint; {fix}")
+    missing = [k for k, kind in REQUIRED_FIELDS.items() if not isinstance(state.get(k), kind)]
+    if missing:
+        raise CheckpointError(f"{path} is damaged (missing or malformed: {', '.join(missing)}); {fix}")
     return state
 
 

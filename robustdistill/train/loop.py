@@ -71,7 +71,8 @@ class Trainer:
         config: optimisation settings.
         device: where training runs.
         run_dir: where checkpoints and metrics go (``None``: keep everything in memory).
-        eval_settings: the attack budget used for validation (eps; steps come from ``config``).
+        eval_settings: the attack budget used for validation (eps; steps come from ``config``);
+            default: the strategy's training budget.
         run_config: the run's resolved config, stored in the checkpoint.
         dist: this process's place in the process group; default: the group already joined, if any.
     """
@@ -85,7 +86,7 @@ class Trainer:
         self.cfg, self.device, self.strategy, self.info = config, device, strategy, info
         self.train_split, self.val_split, self.run_dir = train, val, run_dir
         self.run_config = run_config or {}
-        self.eval_settings = eval_settings or EvalSettings()
+        self.eval_settings = eval_settings or EvalSettings(eps=strategy.attack.eps)
         self.dist = dist if dist is not None else current_dist()
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.student = student.to(device, memory_format=self.memory_format)

@@ -10,7 +10,7 @@ from rich.progress import Progress
 from torch import nn
 
 from ..data import DatasetInfo, Split
-from ..evaluation import EvalSettings, evaluate_model
+from ..evaluation import eval_settings, evaluate_model
 from .config import TrainConfig
 
 
@@ -23,7 +23,7 @@ def validation_record(
     PGD uses ``config.val_pgd_steps`` steps at ``eps`` with the run's seed; its bars are drawn into
     ``progress`` and removed again.
     """
-    settings = EvalSettings(eps=eps, pgd_steps=config.val_pgd_steps, seed=config.seed)
+    settings = eval_settings(eps, config.seed, pgd_steps=config.val_pgd_steps)
     result = evaluate_model(
         student, split, info.class_names, attacks=("clean", "pgd"), settings=settings,
         n_examples=config.val_n_examples, batch_size=max(256, config.batch_size), device=device,
@@ -31,9 +31,9 @@ def validation_record(
     )
     clean, robust = result.summary("clean"), result.summary("pgd")
     return {
-        "val_clean": clean["accuracy"], "val_pgd": robust["accuracy"],
-        "val_pgd_worst": robust["worst_class"]["accuracy"], "val_pgd_worst_class": robust["worst_class"]["name"],
-        "val_pgd_nsd": robust["nsd"],
+        "val_clean": clean.accuracy, "val_pgd": robust.accuracy,
+        "val_pgd_worst": robust.worst_class.accuracy, "val_pgd_worst_class": robust.worst_class.name,
+        "val_pgd_nsd": robust.nsd,
     }
 
 
