@@ -16,7 +16,7 @@ from .runtime import select_device
 from .config import MAX_SEED, parse_budget
 from .data import DatasetSplits, load_dataset
 from .errors import UsageError
-from .evaluation import EvaluationResult, eval_settings
+from .evaluation import EvaluationResult, attack_names, eval_settings
 from .evaluation.cache import evaluate_or_reuse, partial_path
 from .models import Classifier, ModelOptions, check_fits, count_parameters, load_model, model_file, recorded_config, recorded_eps
 
@@ -145,18 +145,20 @@ def evaluate(
     """
     _check_args(model, batch_size, n_examples, seed)
     opts = model_options(options)
-    budget = model_budget(model, eps, opts)
-    settings = eval_settings(budget, seed, step_size=parse_budget(step_size, "step size") if step_size is not None else None,
-                             pgd_steps=pgd_steps, **dict(attack_params or {}))
-    chosen = settings.attacks(attacks)
+    wanted = attack_names(attacks)
+    given_eps = parse_budget(eps) if eps is not None else None  # every explicit value is checked first
+    step = parse_budget(step_size, "step size") if step_size is not None else None
     identifier = model if isinstance(model, str) else (model_id or model.spec.source or "model")
     splits = splits or _load_splits(model, dataset, data_dir, download, image_size, opts)
-    net = open_model(model, splits, opts)
+    data = splits.split(split or splits.default_eval_split).head(n_examples)
+    net = open_model(model, splits, opts)  # a missing or misfit model is reported before the eps rule
+    budget = given_eps if given_eps is not None else model_budget(model if isinstance(model, str) else net, None, opts)
+    settings = eval_settings(budget, seed, step_size=step, pgd_steps=pgd_steps, **dict(attack_params or {}))
+    chosen = settings.attacks(wanted)
     dev = select_device(device)
     net.to(dev)
     info = describe_model(identifier, net, opts) if isinstance(model, str) else _describe_object(net)
     class_names = _class_names(net, splits)
-    data = splits.split(split or splits.default_eval_split).head(n_examples)
     return evaluate_or_reuse(
         net, data, class_names, attacks=[a.name for a in chosen], settings=settings, model_id=model_id or identifier,
         dataset=splits.info.name, model_info=info, reuse=reuse, batch_size=batch_size, device=dev,

@@ -374,9 +374,12 @@ def options_from_file(data: Mapping[str, Any], source: str) -> tuple[dict[str, A
 
     Accepts the sectioned form of config.yaml (``train: {epochs: 20}``; method hyperparameters
     under ``method.params`` / ``method.fair``), flat option names at the top level
-    (``epochs: 20``), and robustdistill 0.1's flat config.yaml (``hparams``).
+    (``epochs: 20``), method hyperparameters at the top level (``tau: 4``, or an older name such
+    as ``temperature``), and robustdistill 0.1's flat config.yaml (``hparams``).
     """
-    index = option_index()
+    from .methods import hyperparameter_names  # the method registry knows every hyperparameter name
+
+    index, hyper = option_index(), hyperparameter_names()
     by_field = {(sec, fname): name for name, (sec, fname) in index.items()}
     options: dict[str, Any] = {}
     params: dict[str, Any] = {}
@@ -392,9 +395,12 @@ def options_from_file(data: Mapping[str, Any], source: str) -> tuple[dict[str, A
             params.update(_mapping(value, source, name))
         elif name in index:
             options[name] = value
+        elif name in hyper:
+            params[name] = value
         else:
             valid = ", ".join(sorted([*index, *SECTIONS, "params"]))
-            raise UsageError(f"unknown key {key!r} in {source}; valid keys: {valid}")
+            raise UsageError(f"unknown key {key!r} in {source}; valid keys: {valid}, or a method hyperparameter "
+                             "(see `robustdistill list methods`)")
     return options, params
 
 

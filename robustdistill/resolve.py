@@ -69,9 +69,9 @@ def _budget(cfg: RunConfig, command: str, recorded: float | None, dataset_eps: f
 
 def _params(choice: Any, given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every hyperparameter of the method written out (defaults filled in), validated now."""
-    from .methods import FairParams, split_params
+    from .methods import FairParams, canonical_params, split_params
 
-    base, fair = split_params(choice, given)
+    base, fair = split_params(choice, canonical_params(given))
     owner = f"method {choice.name!r}"
     base = {**choice.base.default_params(), **base}
     build_params(choice.base.params, base, owner)

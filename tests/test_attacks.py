@@ -11,7 +11,7 @@ from torch import nn
 
 from robustdistill import attacks as atk
 from robustdistill.data import load_dataset
-from robustdistill.evaluation import EvalSettings, evaluate_model
+from robustdistill.evaluation import eval_settings, evaluate_model
 from robustdistill.models import build_student
 
 FAST = settings(max_examples=25, deadline=None, database=None, derandomize=True)
@@ -200,7 +200,7 @@ def trained(digits) -> nn.Module:
 
 def _eval(model, digits, attacks, n=64, **kw):
     return evaluate_model(model, digits.test, digits.info.class_names, attacks=attacks, n_examples=n,
-                          batch_size=32, settings=EvalSettings(**kw))
+                          batch_size=32, settings=eval_settings(**kw))
 
 
 def test_robust_never_exceeds_clean(trained, digits) -> None:
@@ -255,7 +255,7 @@ def test_results_do_not_depend_on_batch_composition(trained, digits) -> None:
     settings_ = dict(eps=0.05, pgd_steps=3)
     big = _eval(trained, digits, ["clean", "cw"], n=24, **settings_)
     small = evaluate_model(trained, digits.test, digits.info.class_names, attacks=["clean", "cw"], n_examples=24,
-                           batch_size=1, settings=EvalSettings(**settings_))
+                           batch_size=1, settings=eval_settings(**settings_))
     assert torch.equal(big.correct["clean"], small.correct["clean"])
     assert torch.equal(big.correct["cw"], small.correct["cw"])
 

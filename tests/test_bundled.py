@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustdistill.api import saved_config
 from robustdistill.data import load_dataset
-from robustdistill.distill import DistillConfig, resolve_config
-from robustdistill.evaluation import EvalSettings, evaluate_model
-from robustdistill.models import list_bundled, load_model
+from robustdistill.evaluation import eval_settings, evaluate_model
+from robustdistill.models import list_bundled, load_model, recorded_config, recorded_eps
+from robustdistill.resolve import new_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,21 +30,22 @@ def test_bundled_digits_is_registered_and_self_describing() -> None:
     assert not model.training
     assert model.spec.arch == "small_cnn" and model.spec.num_classes == 10 and model.spec.input_size == (1, 8, 8)
     assert model.spec.class_names == tuple(str(d) for d in range(10))
-    config = saved_config("bundled:digits")
+    config = recorded_config("bundled:digits")
     assert config["dataset"] == "digits" and config["eps"] == "0.2" and config["method"] == "at"
+    assert recorded_eps("bundled:digits") == 0.2
 
 
 def test_recorded_evaluation_matches_a_fresh_one() -> None:
     """The numbers shipped next to the teacher are what the teacher does (clean exactly, PGD per sample)."""
     report = recorded_report()
-    assert report["schema"] == "robustdistill/evaluation@1"
+    assert report["schema"] == "robustdistill/evaluation@2" and report["settings"]["batch_size"] == 256
     assert {"clean", "pgd", "aa"} <= set(report["results"])
     model = load_model("bundled:digits")
     splits = load_dataset("digits")
     assert report["data"]["n_examples"] == len(splits.test)
     assert report["per_sample"]["labels"] == splits.test.labels.tolist()
     fresh = evaluate_model(model, splits.test, splits.info.class_names, attacks=("clean", "pgd"),
-                           settings=EvalSettings(eps=0.2, seed=report["settings"]["seed"]))
+                           settings=eval_settings(0.2, report["settings"]["seed"]))
     for attack in ("clean", "pgd"):
         bits = "".join("1" if v else "0" for v in fresh.correct[attack].tolist())
         recorded = report["per_sample"]["correct"][attack]
@@ -57,22 +57,21 @@ def test_recorded_evaluation_matches_a_fresh_one() -> None:
 
 
 def test_no_argument_defaults() -> None:
-    cfg = resolve_config(DistillConfig())
-    assert (cfg.teacher, cfg.student, cfg.method, cfg.dataset) == ("bundled:digits", "tiny_cnn", "fair-iad", "digits")
-    assert cfg.eps == "0.2" and cfg.attack_step == "0.05" and cfg.batch_size == 32 and cfg.epochs == 20
-    assert cfg.hparams["beta"] == 2.0 and cfg.hparams["tau"] == 1.0 and cfg.eval_attacks == "clean,pgd,cw,aa"
-    # The CLI keeps its own copy of the default method (so --help does not import torch).
-    from robustdistill import cli
-    from robustdistill.distill import DEFAULT_METHOD
+    cfg = new_config("distill", {})
+    assert (cfg.teacher.id, cfg.student.arch, cfg.method.name, cfg.data.name) == ("bundled:digits", "tiny_cnn", "fair-iad", "digits")
+    assert cfg.method.eps == 0.2 and cfg.method.attack_step == 0.05 and cfg.train.batch_size == 32 and cfg.train.epochs == 20
+    assert cfg.method.fair["beta"] == 2.0 and cfg.method.params["tau"] == 1.0 and cfg.evaluation.attacks == "clean,pgd,cw,aa"
+    # The Python API resolves the very same config (no second copy of any default).
+    from robustdistill.pipeline import DEFAULT_METHOD
 
-    assert cli.DEFAULT_METHOD == DEFAULT_METHOD == cfg.method
+    assert DEFAULT_METHOD == cfg.method.name
 
 
 @pytest.mark.parametrize(("method", "epochs"), [("iad", 20), ("fair-iad", 20), ("ard", 40), ("fair-rslad", 40), ("kd", 40)])
 def test_digits_epochs_per_method(method: str, epochs: int) -> None:
     """Digits defaults chosen on validation (benchmarks/results/default_job.md); an explicit --epochs wins."""
-    assert resolve_config(DistillConfig(method=method)).epochs == epochs
-    assert resolve_config(DistillConfig(method=method, epochs=7)).epochs == 7
+    assert new_config("distill", {"method": method}).train.epochs == epochs
+    assert new_config("distill", {"method": method, "epochs": 7}).train.epochs == 7
 
 
 @pytest.mark.slow

@@ -22,13 +22,15 @@ import torch
 import yaml
 
 from robustdistill.data import load_dataset
-from robustdistill.distill import DistillConfig, distill, resolve_config, train_teacher
-from robustdistill.evaluation import EvalSettings, evaluate_model
-from robustdistill.methods import get_method_class, list_methods
+from robustdistill import distill, train_teacher
+from robustdistill.config import options_from_file
+from robustdistill.evaluation import eval_settings, evaluate_model
+from robustdistill.methods import list_methods, parse_method
+from robustdistill.resolve import new_config
 from robustdistill.models import DataHint, build_student, load_classifier, save_classifier
 from robustdistill.models.checkpoint import read_metadata
 
-distill_mod = importlib.import_module("robustdistill.distill")  # the package re-exports distill() under that name
+distill_mod = importlib.import_module("robustdistill.pipeline")
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {"epochs": 1, "attack_steps": 2, "val_pgd_steps": 2, "eval_attacks": "clean,pgd", "eval_n_examples": 20,
@@ -73,6 +75,16 @@ def copy_run(src: Path, tmp_path: Path) -> Path:
 
 def snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(path.iterdir())}
+
+
+def flat(config: dict) -> dict:
+    """A saved (sectioned) config as flat option names, method hyperparameters under ``params``."""
+    options, params = options_from_file(config, "config.yaml")
+    return {**options, "params": params}
+
+
+def saved_config(run: Path) -> dict:
+    return flat(yaml.safe_load((run / "config.yaml").read_text()))
 
 
 def metrics(run: Path) -> list[dict]:
@@ -129,11 +141,11 @@ def watched_teacher(monkeypatch):
 
 
 # --------------------------------------------------------------------------- every method
-METHODS = [name for name, _ in list_methods()]
+METHODS = [m.name for m in list_methods()]
 
 
 def _teacher_free(method: str) -> bool:
-    return not get_method_class(method.removeprefix("fair-")).needs_teacher
+    return not parse_method(method).base.needs_teacher
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -151,7 +163,7 @@ def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, watched_te
 
     # report.json: per-class numbers for the student and (when there is one) the teacher
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "robustdistill/distill@1" and report["run"]["config"]["method"] == method
+    assert report["schema"] == "robustdistill/distill@2" and flat(report["run"]["config"])["method"] == method
     roles = ["student"] + ([] if _teacher_free(method) else ["teacher"])
     for role in roles:
         assert report[role]["data"]["split"] == "test" and report[role]["data"]["n_examples"] == 20
@@ -173,7 +185,8 @@ def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, watched_te
     assert spec["arch"] == "tiny_cnn" and spec["num_classes"] == 10 and list(spec["input_size"]) == [1, 8, 8]
     config = json.loads(meta["robustdistill.config"])
     assert config == yaml.safe_load((out / "config.yaml").read_text()) == report["run"]["config"]
-    assert config["method"] == method and config["epochs"] == 1 and config["eps"] == "0.2"
+    assert flat(config)["method"] == method and flat(config)["epochs"] == 1 and flat(config)["eps"] == 0.2
+    assert spec["dataset"] == "digits" and spec["eps"] == 0.2
     if _teacher_free(method):
         assert "robustdistill.teacher" not in meta
     else:
@@ -319,7 +332,7 @@ def test_resume_may_add_epochs(tmp_path, finished_run, cli):
     records = metrics(run)
     assert [r["epoch"] for r in records] == [1, 2] and records[0] == first
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
+    assert saved_config(run)["epochs"] == 2
     assert json.loads((run / "report.json").read_text())["run"]["epochs_trained"] == 2
 
 
@@ -337,11 +350,11 @@ def test_overwrite_replaces_the_run(tmp_path, finished_run, teacher_file, cli):
     (run / ".checkpoint.pt.x1.tmp").write_bytes(b"half a checkpoint")
     result = cli("distill", "--teacher", teacher_file, "--method", "ard", *TINY_ARGS, "--out", run, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "ard"
+    assert saved_config(run)["method"] == "ard"
     (record,) = metrics(run)
     assert "class_weights" not in record  # a fresh ard log, not appended to the fair-ard one
     assert (run / "notes.txt").read_text() == "not a run file" and not (run / ".checkpoint.pt.x1.tmp").exists()
-    assert json.loads((run / "report.json").read_text())["run"]["config"]["method"] == "ard"
+    assert flat(json.loads((run / "report.json").read_text())["run"]["config"])["method"] == "ard"
 
 
 def _bad_teacher(tmp_path: Path, num_classes=10, input_size=(1, 8, 8)) -> Path:
@@ -394,9 +407,9 @@ def test_yaml_config_applies_and_flags_override(tmp_path, teacher_file, cli):
     out = tmp_path / "out"
     result = cli("distill", "--config", cfg, "--lr", "0.02", "--out", out)
     assert result.exit_code == 0, result.output
-    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved = saved_config(out)
     assert saved["method"] == "ard" and saved["epochs"] == 1 and saved["attack_steps"] == 2
-    assert saved["eval_n_examples"] == 10 and saved["hparams"]["tau"] == 4.0
+    assert saved["eval_n_examples"] == 10 and saved["params"]["tau"] == 4.0
     assert saved["lr"] == 0.02  # the command line wins over the file
     assert metrics(out)[0]["lr"] == 0.02
 
@@ -410,38 +423,45 @@ def test_toml_config_applies_and_flags_override(tmp_path, teacher_file, cli):
     out = tmp_path / "out"
     result = cli("distill", "--config", cfg, "--epochs", "1", "--out", out)
     assert result.exit_code == 0, result.output
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["method"] == "kd" and saved["seed"] == 5 and saved["hparams"]["alpha"] == 0.25
+    saved = saved_config(out)
+    assert saved["method"] == "kd" and saved["seed"] == 5 and saved["params"]["alpha"] == 0.25
     assert saved["epochs"] == 1 and len(metrics(out)) == 1
 
 
 EXAMPLE_CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
-# CLI option names in the example files -> the method hyperparameter they set (resolved config)
-OPTION_TO_HPARAM = {"temperature": "tau", "iad_beta": "beta_iad", "iad_begin": "begin"}
+
+
+def _normalised(options: dict) -> dict:
+    """Option values as the run config holds them (``eps: "0.2"`` -> 0.2)."""
+    from robustdistill.config import build_config
+
+    values = build_config(options).option_values()
+    return {k: values[k] for k in options}
 
 
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.stem)
 def test_every_example_config_runs_and_applies(path, tmp_path, cli):
     """The shipped examples/configs are real: each runs (at a tiny budget) and its values land in the run."""
-    values = yaml.safe_load(path.read_text())
+    options, params = options_from_file(yaml.safe_load(path.read_text()), str(path))
     out = tmp_path / "out"
     result = cli("distill", "--config", path, *TINY_ARGS, "--out", out)
     assert result.exit_code == 0, result.output
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    for key, value in values.items():
+    saved = saved_config(out)
+    for key, value in _normalised(options).items():
         if key in ("epochs",):  # overridden by TINY_ARGS on purpose
             continue
-        got = saved["hparams"].get(OPTION_TO_HPARAM.get(key, key)) if key not in saved else saved[key]
-        assert got == pytest.approx(value) if isinstance(value, float) else str(got) == str(value), (key, got, value)
+        assert saved[key] == (pytest.approx(value) if isinstance(value, float) else value), (key, saved[key], value)
+    from robustdistill.methods import canonical_params
+
+    for key, value in canonical_params(params).items():  # older names (temperature) are the current ones (tau)
+        assert saved["params"][key] == pytest.approx(value), (key, saved["params"][key], value)
 
 
 def test_the_default_job_config_is_the_no_argument_job():
-    """examples/configs/fair-iad.yaml spells out `robustdistill distill` with no arguments."""
-    values = yaml.safe_load((ROOT / "examples" / "configs" / "fair-iad.yaml").read_text())
-    default = resolve_config(DistillConfig())
-    assert {k: getattr(default, k) for k in ("teacher", "student", "method", "dataset", "epochs", "eps", "seed")} == \
-        {k: values[k] for k in ("teacher", "student", "method", "dataset", "epochs", "eps", "seed")}
-    assert {k: default.hparams[k] for k in ("beta", "clip_max")} == {"beta": values["beta"], "clip_max": values["clip_max"]}
+    """examples/configs/fair-iad.yaml spells out `robustdistill distill` with no arguments: it resolves to the same config."""
+    options, params = options_from_file(yaml.safe_load((ROOT / "examples" / "configs" / "fair-iad.yaml").read_text()), "x")
+    default, spelled = new_config("distill", {"out": "o"}), new_config("distill", {**options, "out": "o"}, params)
+    assert spelled.to_dict() == default.to_dict()
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml"])
@@ -469,7 +489,7 @@ def test_best_val_selection_is_reported_and_uses_the_val_split(tmp_path, splits)
     # reproduces that epoch's logged validation numbers exactly
     model = load_classifier(out / "teacher.safetensors")
     check = evaluate_model(model, splits.val, splits.info.class_names, attacks=("clean", "pgd"),
-                           settings=EvalSettings(eps=0.1, pgd_steps=2, seed=0), batch_size=256)
+                           settings=eval_settings(0.1, 0, pgd_steps=2), batch_size=256)
     assert check.accuracy("clean") == records[best - 1]["val_clean"]
     assert check.accuracy("pgd") == records[best - 1]["val_pgd"]
     last = torch.load(out / "checkpoint.pt", weights_only=True)["model"]

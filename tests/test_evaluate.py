@@ -12,10 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robustdistill.evaluation import EvalSettings, EvaluationResult, parse_attacks
+from robustdistill.evaluation import EvaluationResult, attack_names, eval_settings
 from robustdistill.errors import UsageError
 from robustdistill.metrics import nsd, summarize, wilson_interval
-from robustdistill.report import evaluation_markdown, write_evaluation
+from robustdistill.render import evaluation_document, write_evaluation
 
 N_EVAL = 24
 
@@ -24,7 +24,7 @@ N_EVAL = 24
 def test_summarize_three_classes_by_hand() -> None:
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
     correct = torch.tensor([1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0], dtype=torch.bool)
-    s = summarize(correct, labels, ("cat", "dog", "frog"))
+    s = summarize(correct, labels, ("cat", "dog", "frog")).to_dict()
     assert s["per_class"] == [0.5, 0.25, 0.25]
     assert s["class_counts"] == [4, 4, 4] and sum(s["class_counts"]) == s["n"] == 12
     assert s["class_correct"] == [2, 1, 1] and s["n_correct"] == 4
@@ -43,7 +43,7 @@ def test_summarize_three_classes_by_hand() -> None:
 def test_summarize_unequal_counts_and_absent_class() -> None:
     labels = torch.tensor([2, 0, 2, 0, 0, 2, 2, 2])  # class 1 ('b') and class 3 ('d') absent
     correct = torch.tensor([1, 1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
-    s = summarize(correct, labels, ("a", "b", "c", "d"))
+    s = summarize(correct, labels, ("a", "b", "c", "d")).to_dict()
     assert s["per_class"] == [pytest.approx(2 / 3), None, pytest.approx(4 / 5), None]
     assert s["class_counts"] == [3, 0, 5, 0] and s["classes_absent"] == ["b", "d"]
     assert s["ci95"][1] is None and s["ci95"][3] is None
@@ -57,9 +57,9 @@ def test_summarize_unequal_counts_and_absent_class() -> None:
 
 
 def test_summarize_all_wrong_and_empty() -> None:
-    s = summarize(torch.zeros(4, dtype=torch.bool), torch.tensor([0, 1, 1, 0]), ("x", "y"))
+    s = summarize(torch.zeros(4, dtype=torch.bool), torch.tensor([0, 1, 1, 0]), ("x", "y")).to_dict()
     assert s["accuracy"] == 0 and s["nsd"] is None and s["gap"] == 0 and s["worst_class"]["index"] == 0
-    empty = summarize(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), ("x", "y"))
+    empty = summarize(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), ("x", "y")).to_dict()
     assert empty["n"] == 0 and empty["accuracy"] is None and empty["worst_class"]["index"] is None
     assert empty["classes_absent"] == ["x", "y"]
 
@@ -78,7 +78,7 @@ def test_nsd_and_wilson() -> None:
 def test_summarize_invariants(data) -> None:
     labels = torch.tensor([d[0] for d in data])
     correct = torch.tensor([d[1] for d in data])
-    s = summarize(correct, labels, tuple("abcde"))
+    s = summarize(correct, labels, tuple("abcde")).to_dict()
     assert sum(s["class_counts"]) == s["n"] == len(data)
     assert sum(s["class_correct"]) == s["n_correct"] == int(correct.sum())
     weighted = sum(a * n for a, n in zip(s["per_class"], s["class_counts"]) if a is not None) / s["n"]
@@ -90,12 +90,12 @@ def test_summarize_invariants(data) -> None:
         assert lo - 1e-12 <= a <= hi + 1e-12
 
 
-def test_parse_attacks() -> None:
-    assert parse_attacks("pgd") == ["clean", "pgd"]
-    assert parse_attacks("AA, cw-inf ,fgsm") == ["clean", "fgsm", "cw", "aa"]
-    assert parse_attacks("all") == ["clean", "fgsm", "pgd", "cw", "aa"]
+def test_attack_names() -> None:
+    assert attack_names("pgd") == ["clean", "pgd"]
+    assert attack_names("AA, cw-inf ,fgsm") == ["clean", "fgsm", "cw", "aa"]
+    assert attack_names("all") == ["clean", "fgsm", "pgd", "cw", "aa"]
     with pytest.raises(UsageError, match="did you mean 'pgd'"):
-        parse_attacks("clean,pgdd")
+        attack_names("clean,pgdd")
 
 
 def test_report_round_trip_and_markdown(tmp_path: Path) -> None:
@@ -103,16 +103,17 @@ def test_report_round_trip_and_markdown(tmp_path: Path) -> None:
     correct = {"clean": torch.tensor([1, 1, 1, 1, 0, 1], dtype=torch.bool),
                "pgd": torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.bool)}
     result = EvaluationResult("m", "digits", "test", ("zero", "one", "two"), labels, correct,
-                              EvalSettings(eps=8 / 255, pgd_steps=5), model_info={"arch": "tiny_cnn"})
+                              eval_settings(8 / 255, pgd_steps=5), model_info={"arch": "tiny_cnn"})
     report = result.to_dict()
     assert report["per_sample"]["correct"] == {"clean": "111101", "pgd": "101000"}
-    assert report["settings"]["eps_str"] == "8/255" and report["settings"]["attacks"]["pgd"]["steps"] == 5
-    json_path, md_path = write_evaluation(report, tmp_path / "out")
+    assert report["settings"]["eps_text"] == "8/255" and report["settings"]["attacks"]["pgd"]["parameters"]["steps"] == 5
+    json_path, md_path = write_evaluation(result, tmp_path / "out")
     again = EvaluationResult.from_dict(json.loads(json_path.read_text()))
     assert torch.equal(again.labels, labels) and all(torch.equal(again.correct[a], correct[a]) for a in correct)
-    assert again.settings.pgd_steps == 5 and again.model_info == {"arch": "tiny_cnn"}
+    assert again.attack("pgd").steps == 5 and again.model_info == {"arch": "tiny_cnn"}
     md = md_path.read_text()
-    assert md == "# Robustness report\n\n" + evaluation_markdown(report)
+    assert md == evaluation_document(result)
+    assert md.splitlines()[0] == "# Robustness of m on digits (test split, n = 6, L∞ eps 8/255)"
     assert "| PGD-5 | 33.33 | 0.00 | one |" in md
     assert "| two | 2 | 100.0 | 50.0 |" in md
     assert "population std" in md

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from robustdistill import fairness, render, reports
 from robustdistill.cli import app
 from robustdistill.errors import UsageError
-from robustdistill.evaluation import EvalSettings, EvaluationResult
+from robustdistill.evaluation import EvaluationResult, eval_settings
 from robustdistill.fairness import AttackComparison, Comparison
 from robustdistill.metrics import AttackSummary, headline_attack
 
@@ -48,7 +48,7 @@ def make_result(name: str, hits: dict[str, list[int]], *, dataset: str = "toy", 
         if attack != "clean" and "clean" in correct:
             correct[attack] &= correct["clean"]
     return EvaluationResult(name, dataset, split, classes, labels.clone(), correct,
-                            EvalSettings(eps=eps, **setting_changes), model_info={"arch": "toy"})  # type: ignore[arg-type]
+                            eval_settings(eps, **setting_changes), model_info={"arch": "toy"})  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
      ["n_examples", "40", "36"]),
     (lambda: make_result("s", STUDENT, classes=("airplane", "kitten", "dog", "ship")), ["class name 1", "cat", "kitten"]),
     (lambda: make_result("s", STUDENT, labels=LABELS.flip(0)), ["label of example 0", "0", "3"]),
-    (lambda: make_result("s", STUDENT, pgd_steps=10), ["pgd pgd_steps", "20", "10"]),
+    (lambda: make_result("s", STUDENT, pgd_steps=10), ["pgd steps", "20", "10"]),
     (lambda: make_result("s", {**STUDENT, "aa": [5, 1, 4, 6]}), ["set of attacks", "--attacks clean,pgd"]),
 ])
 def test_mismatches_are_refused_in_one_line(teacher: EvaluationResult, other, expected: list[str]) -> None:
@@ -319,7 +319,7 @@ def test_plots_stay_readable_with_100_classes(tmp_path: Path) -> None:
 
     def random_result(name: str) -> EvaluationResult:
         clean = torch.rand(400, generator=g) < 0.9
-        return EvaluationResult(name, "toy100", "test", names, labels, {"clean": clean}, EvalSettings())
+        return EvaluationResult(name, "toy100", "test", names, labels, {"clean": clean}, eval_settings(8 / 255))
 
     comp = fairness.compare([("teacher", random_result("t")), ("student", random_result("s"))])
     for path in render.comparison_plots(comp, tmp_path):

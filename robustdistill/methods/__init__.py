@@ -8,6 +8,7 @@ imported here, explicitly; ``fair-<base>`` wraps any method that distils from a 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from ..errors import UsageError
@@ -23,7 +24,8 @@ from .spec import (
 
 __all__ = [
     "FAIR_PREFIX", "METHODS", "AttackMode", "AttackOutput", "AttackSettings", "FairParams", "FairStrategy",
-    "MethodChoice", "MethodSpec", "Strategy", "build_strategy", "class_weights", "list_methods", "method_defaults",
+    "MethodChoice", "MethodSpec", "Strategy", "build_strategy", "canonical_params", "class_weights",
+    "hyperparameter_names", "list_methods", "method_defaults",
     "method_names", "parse_method", "register_method", "split_params", "weighted_mean",
 ]
 
@@ -47,6 +49,28 @@ def split_params(choice: MethodChoice, params: Mapping[str, Any] | None) -> tupl
     return base, fair
 
 
+def hyperparameter_names() -> dict[str, str]:
+    """``{name or older alias: name}`` of every hyperparameter of every registered method and of Fair-ARD."""
+    out: dict[str, str] = {}
+    for params in [spec.params for spec in METHODS] + [FairParams]:
+        for f in dataclasses.fields(params):
+            out[f.name] = f.name
+            out.update({alias: f.name for alias in f.metadata.get("aliases", ())})
+    return out
+
+
+def canonical_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` with older names (``temperature``, ``iad_beta``, ...) replaced by the current ones."""
+    names = hyperparameter_names()
+    out: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        name = names.get(str(key).replace("-", "_"), key)
+        if name in out and out[name] != value:
+            raise UsageError(f"hyperparameter {name} is given twice ({key}={value!r} and {name}={out[name]!r}); give it once")
+        out[name] = value
+    return out
+
+
 def build_strategy(
     name: str | MethodChoice, params: Mapping[str, Any] | None = None, *, attack: AttackSettings | None = None,
     num_classes: int,
@@ -65,7 +89,7 @@ def build_strategy(
     choice = name if isinstance(name, MethodChoice) else parse_method(name)
     if num_classes < 2:
         raise UsageError(f"num_classes must be >= 2, got {num_classes}")
-    base_values, fair_values = split_params(choice, params)
+    base_values, fair_values = split_params(choice, canonical_params(params))
     owner = f"method {choice.name!r}"
     base = choice.base.strategy(build_params(choice.base.params, base_values, owner), attack=attack, num_classes=num_classes)
     if not choice.fair:
