@@ -317,4 +317,4 @@ def test_autoattack_through_evaluate_model(trained, digits, monkeypatch) -> None
     assert torch.equal(result.correct["aa"], recomputed)
     assert result.accuracy("aa") <= result.accuracy("clean")
     assert 0 < result.correct["clean"].sum()
-    assert result.to_dict()["settings"]["attacks"]["aa"]["version"] == "standard"
+    assert result.to_dict()["settings"]["attacks"]["aa"]["parameters"]["version"] == "standard"

@@ -130,9 +130,9 @@ def test_fairness_report_reuses_the_bundled_teacher_evaluation(cache: Path, mode
     from robustdistill import fairness_report
 
     comparison = fairness_report(["bundled:digits", model_file], attacks="clean,pgd", n_examples=None)
-    teacher = comparison["models"][0]
-    assert "shipped" in teacher["info"]["reused_evaluation"]
-    assert teacher["results"]["pgd"]["n"] == 360
+    teacher = comparison.models[0]
+    assert all("shipped" in p["source"] for p in teacher.provenance.values())
+    assert teacher.results["pgd"].n == 360
 
 
 def test_another_library_version_is_a_miss(cache: Path, model_file: str, digits) -> None:

@@ -158,8 +158,8 @@ def hand_check(report: dict, image_folder: Path, network: torch.nn.Module, helpe
         pgd_class = [sum(b for b, t in zip(bits, labels) if t == c) / counts[c] if counts[c] else None for c in range(10)]
         assert report["results"]["pgd"]["per_class"] == pytest.approx(pgd_class)
         assert report["results"]["pgd"]["n_correct"] == sum(bits)
-        assert report["settings"]["attacks"]["pgd"]["steps"] == 2
-        assert report["settings"]["eps_str"] == "8/255"
+        assert report["settings"]["attacks"]["pgd"]["parameters"]["steps"] == 2
+        assert report["settings"]["eps_text"] == "8/255"
 
 
 def _read_outputs(out: Path) -> dict:
@@ -179,6 +179,7 @@ def cli_report(tmp_path_factory, model_test_pt: Path, image_folder: Path) -> dic
     result = CliRunner().invoke(app, [
         "evaluate", str(model_test_pt), "--arch", "resnet18", "--dataset", "imagefolder", "--data-dir", str(image_folder),
         "--attacks", "clean,pgd", "-n", str(N_EVAL), "--pgd-steps", "2", "--batch-size", "16", "--device", "cpu",
+        "--eps", "8/255",  # a plain checkpoint records no training budget
         "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
@@ -190,7 +191,7 @@ def cli_report(tmp_path_factory, model_test_pt: Path, image_folder: Path) -> dic
 def test_evaluate_cli_checkpoint_by_hand(cli_report: dict, image_folder: Path, reference_resnet, helpers) -> None:
     hand_check(cli_report, image_folder, reference_resnet, helpers)
     assert cli_report["model"]["arch"] == "resnet18" and cli_report["model"]["sha256"]
-    assert cli_report["schema"] == "robustdistill/evaluation@1"
+    assert cli_report["schema"] == "robustdistill/evaluation@2"
 
 
 def test_evaluate_subprocess_matches_in_process(cli_report: dict, tmp_path: Path, model_test_pt: Path,
@@ -199,6 +200,7 @@ def test_evaluate_subprocess_matches_in_process(cli_report: dict, tmp_path: Path
     proc = helpers.run_module(
         "evaluate", model_test_pt, "--arch", "resnet18", "--dataset", "imagefolder", "--data-dir", image_folder,
         "--attacks", "clean,pgd", "-n", N_EVAL, "--pgd-steps", "2", "--batch-size", "16", "--device", "cpu", "--out", out,
+        "--eps", "8/255",
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -239,7 +241,7 @@ def test_evaluate_safetensors_needs_no_arch_or_dataset(digits_student: Path, tmp
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["data"]["dataset"] == "digits" and report["data"]["split"] == "test"
-    assert report["settings"]["eps_str"] == "4/255"  # the budget recorded in the model file
+    assert report["settings"]["eps_text"] == "4/255"  # the budget recorded in the model file
     assert report["data"]["class_names"] == [str(d) for d in range(10)]
     # The clean bits are those of the file's own model on the first 20 test digits.
     from robustdistill.data import load_dataset
@@ -265,5 +267,6 @@ def test_evaluate_api_returns_per_sample_results(digits_student: Path) -> None:
     result = robustdistill.evaluate(str(digits_student), attacks="clean,pgd", eps="2/255", n_examples=12,
                                     pgd_steps=2, device="cpu")
     assert result.n_examples == 12 and set(result.correct) == {"clean", "pgd"}
-    assert result.settings.eps == pytest.approx(2 / 255) and result.settings.step == pytest.approx(0.5 / 255)
+    assert result.settings.eps == pytest.approx(2 / 255)
+    assert result.attack("pgd").parameters(result.settings.eps)["step_size"] == pytest.approx(0.5 / 255)
     assert not (result.correct["pgd"] & ~result.correct["clean"]).any()

@@ -378,8 +378,8 @@ def test_cli_end_to_end_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("ROBUSTDISTILL_NO_PROGRESS", "1")
     hint = load_dataset("digits").info.hint()
     torch.manual_seed(0)
-    save_classifier(build_student("small_cnn", hint), tmp_path / "teacher.safetensors")
-    save_classifier(build_student("small_cnn", hint), tmp_path / "student.safetensors")
+    save_classifier(build_student("small_cnn", hint), tmp_path / "teacher.safetensors", config={"eps": "8/255"})
+    save_classifier(build_student("small_cnn", hint), tmp_path / "student.safetensors", config={"eps": "8/255"})
     out = tmp_path / "fr"
     args = ["fairness-report", str(tmp_path / "teacher.safetensors"), str(tmp_path / "student.safetensors"),
             "--dataset", "digits", "-n", "40", "--attacks", "clean,pgd", "--out", str(out), "--device", "cpu"]

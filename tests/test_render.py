@@ -37,13 +37,14 @@ def flags(hits: list[int], labels: torch.Tensor = LABELS) -> torch.Tensor:
 
 
 def result(name: str, correct: dict[str, torch.Tensor], *, labels: torch.Tensor = LABELS, classes=CLASSES,
-           dataset: str = "toy", eps: float = 8 / 255, info: dict | None = None) -> EvaluationResult:
+           dataset: str = "toy", eps: float = 8 / 255, info: dict | None = None,
+           provenance: dict | None = None) -> EvaluationResult:
     fixed = dict(correct)
     for attack in fixed:
         if attack != "clean":
             fixed[attack] = fixed[attack] & fixed["clean"]
     return EvaluationResult(name, dataset, "test", classes, labels.clone(), fixed, EvalSettings(eps=eps),
-                            model_info=dict(info or {"arch": "toy"}))
+                            model_info=dict(info or {"arch": "toy"}), provenance=dict(provenance or {}))
 
 
 @pytest.fixture
@@ -176,14 +177,14 @@ def test_evaluation_report_states_scope_first_with_intervals_and_no_internal_key
 
 def test_reused_evaluation_says_from_where_and_when(tmp_path: Path, teacher) -> None:
     cached = tmp_path / "cache.json"
-    cached.write_text(json.dumps({**teacher.to_dict(), "created": "2024-05-01T10:00:00Z"}))
-    reused = result("bundled:toy", dict(teacher.correct), info={"arch": "toy", "reused_evaluation": str(cached)})
+    origin = {"source": str(cached), "computed": "2024-05-01T10:00:00Z"}
+    reused = result("bundled:toy", dict(teacher.correct), provenance={"clean": origin, "pgd": origin})
     _, md_path = render.write_evaluation(reused, tmp_path / "out")
     assert f"Clean, PGD-20: reused from {cached}, computed 2024-05-01T10:00:00Z." in md_path.read_text()
     given = {"pgd": {"source": "a lab notebook", "computed": "yesterday"}}
     assert "PGD-20: reused from a lab notebook, computed yesterday." in render.evaluation_markdown(teacher, provenance=given)
-    gone = result("m", dict(teacher.correct), info={"reused_evaluation": str(tmp_path / "deleted.json")})
-    assert "computed time not recorded" in render.evaluation_document(gone, render.result_provenance(gone))
+    fresh = result("m", dict(teacher.correct), provenance={"clean": {"source": "computed", "computed": "now"}})
+    assert "reused" not in render.evaluation_document(fresh)  # numbers computed here are not called reused
 
 
 def test_fairness_markdown_first_line_and_worst_class_intervals(comparison: Comparison) -> None:

@@ -84,10 +84,13 @@ class EvaluationResult:
 
     def restricted(self, attacks: list[str], **changes: Any) -> "EvaluationResult":
         """The same result with only ``attacks`` (in that order), and other fields replaced."""
-        return dataclasses.replace(
-            self, correct={a: self.correct[a] for a in attacks}, seconds={a: self.seconds.get(a, 0.0) for a in attacks},
-            provenance={a: self.provenance[a] for a in attacks if a in self.provenance},
-            implementations={a: self.implementations[a] for a in attacks if a in self.implementations}, **changes)
+        keep = {
+            "correct": {a: self.correct[a] for a in attacks},
+            "seconds": {a: self.seconds.get(a, 0.0) for a in attacks},
+            "provenance": {a: self.provenance[a] for a in attacks if a in self.provenance},
+            "implementations": {a: self.implementations[a] for a in attacks if a in self.implementations},
+        }
+        return dataclasses.replace(self, **{**keep, **changes})
 
     def settings_dict(self) -> dict[str, Any]:
         eps = self.settings.eps
