@@ -92,6 +92,17 @@ class CostProfile:
                 return item
         return None
 
+    def summary(self) -> str:
+        """One plain line: counts, size and the CPU latencies (for logs and the CLI)."""
+        parts = [f"{self.parameters:,} parameters" if self.parameters is not None else "parameters unknown",
+                 f"{self.macs_per_image / 1e6:.3g} M MACs/image" if self.macs_per_image is not None else "MACs unknown"]
+        if self.file_bytes is not None:
+            parts.append(f"{self.file_bytes / 1e6:.3g} MB file")
+        parts += [f"{item.device} batch {item.batch_size}: {item.median_ms:.3g} ms median, {item.p95_ms:.3g} ms p95"
+                  + (f" ({item.threads} thread{'s' if item.threads != 1 else ''})" if item.threads else "")
+                  for item in self.latency]
+        return f"{self.engine}: " + "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "robustdistill/cost@1", "engine": self.engine, "parameters": self.parameters,
                 "macs_per_image": self.macs_per_image, "mac_method": MAC_METHOD, "input_size": list(self.input_size),

@@ -150,6 +150,13 @@ class ExportResult:
         return dict(self.record)
 
 
+def default_export_path(model: str, fmt: str) -> Path:
+    """``NAME.onnx`` / ``NAME.pt`` in the working directory: the model file's stem, or the zoo name."""
+    name = model.split(":", 1)[1] if model.startswith(("bundled:", "robustbench:", "timm:")) else Path(model).stem
+    name = name.split("@", 1)[0].replace("/", "_") or "model"
+    return Path(f"{name}{DEFAULT_SUFFIX.get(fmt, '.onnx')}")
+
+
 # --------------------------------------------------------------------------- the source model
 @dataclass
 class _Source:
@@ -471,47 +478,36 @@ def export_model(
     *,
     format: ExportFormat = "onnx",  # noqa: A002 - the CLI option's name
     out: str | Path,
-    dynamic_batch: bool = False,
-    batch_size: int = 1,
-    opset: int | None = None,
-    exporter: str = "dynamo",
+    dynamic_batch: bool = False, batch_size: int = 1,
+    opset: int | None = None, exporter: str = "dynamo",
     eps: float | str | None = None,
-    dataset: str | None = None,
-    data_dir: str | Path | None = None,
-    download: bool = False,
-    image_size: int | None = None,
+    dataset: str | None = None, data_dir: str | Path | None = None, download: bool = False, image_size: int | None = None,
     options: ModelOptions = ModelOptions(),
-    parity_n: int = 500,
-    attacks: Sequence[str] = ("pgd",),
-    pgd_steps: int = 20,
-    seed: int = 0,
+    parity_n: int = 500, attacks: Sequence[str] = ("pgd",), pgd_steps: int = 20, seed: int = 0,
     min_agreement: float = 0.999,
     parity_batch_size: int = 256,
-    device: str | None = None,
-    profile: bool = True,
-    overwrite: bool = False,
+    device: str | None = None, profile: bool = True, overwrite: bool = False,
 ) -> ExportResult:
     """Export ``model`` to ONNX or TorchScript, check robustness parity, write ``export.json``.
 
     Args:
-        model: anything robustdistill loads (``bundled:NAME``, ``robustbench:NAME``, ``timm:NAME``,
-            a ``.safetensors``, a ``.pt`` with ``options.arch``) or a :class:`Classifier`.
-        format: ``onnx`` (run with onnxruntime; needs the ``export`` extra) or ``torchscript``.
-        out: the file to write (``*.onnx`` for ONNX). ``export.json`` is written beside it.
-        dynamic_batch: a dynamic batch dimension; otherwise the batch is fixed at ``batch_size``.
-        opset: ONNX opset (default: the exporter's, recorded); the dynamo exporter supports >= 18.
-        exporter: ``dynamo`` (default) or ``legacy`` (deprecated TorchScript-based ONNX exporter).
-        eps: L-inf budget of the parity attacks in [0, 1] pixel units. Default: the budget a
-            robustdistill model records; required for other models.
-        dataset: data of the parity check (default: the one the model records).
-        parity_n: examples of the parity check, the first of the test split (default 500).
-        attacks: attacks whose examples both must agree on: any of fgsm, pgd, cw (default pgd).
-        pgd_steps, seed: PGD iterations (step eps/4) and the seed of the random starts.
+        model: anything robustdistill loads (``bundled:NAME``, ``robustbench:NAME``, ``timm:NAME``, a
+            ``.safetensors``, a ``.pt`` with ``options.arch``) or a :class:`Classifier`.
+        format: ``onnx`` (runs with onnxruntime; needs the ``export`` extra) or ``torchscript``.
+        out: the file to write (``*.onnx`` for ONNX); ``export.json`` goes beside it.
+        dynamic_batch, batch_size: a dynamic batch dimension, else one fixed at ``batch_size``.
+        opset: ONNX opset (default: the exporter's; recorded). The dynamo exporter supports >= 18.
+        exporter: ``dynamo`` (default) or ``legacy`` (the deprecated TorchScript-based ONNX exporter).
+        eps: L-inf budget of the parity attacks, [0, 1] pixel units; default the model's recorded one.
+        dataset, data_dir, download, image_size, options: the parity data and how to read the model,
+            as for ``evaluate`` (default dataset: the one the model records).
+        parity_n: the first ``parity_n`` test examples are checked (default 500).
+        attacks, pgd_steps, seed: parity attacks (any of fgsm, pgd, cw; default PGD-20, step eps/4)
+            and their seed; ``parity_batch_size`` is their batch size (examples as ``evaluate`` makes them).
         min_agreement: refuse the export if any argmax agreement is below this (default 0.999).
-        device: where the adversarial examples are made (default: cuda > mps > cpu); both models
-            classify them on the CPU.
-        profile: time the exported runtime (batch 1 and 64 on the CPU) for ``export.json``.
-        overwrite: replace an existing file at ``out``.
+        device: where the adversarial examples are made (default cuda > mps > cpu); classified on the CPU.
+        profile: time the exported runtime on the CPU (batch 1 and 64, or the fixed batch) for export.json.
+        overwrite: replace an existing ``out``.
 
     Raises:
         ModelError: the exporter fails, or the parity check fails (nothing is written).
@@ -521,31 +517,62 @@ def export_model(
     _check_arguments(format, exporter, out, batch_size, parity_n, min_agreement, list(attacks), overwrite)
     if format == "onnx":
         require_onnx()
+    plan = _Plan(format, exporter, dynamic_batch, batch_size, opset, tuple(attacks), min_agreement, parity_batch_size,
+                 select_device(device), profile)
     source = _load_source(model, dataset, data_dir, download, image_size, options, eps)
     net = source.model if _on_cpu(source.model) else copy.deepcopy(source.model).to("cpu")  # leave the caller's model where it is
     data = source.splits.split(source.splits.default_eval_split).head(parity_n)
-    settings = EvalSettings(eps=source.eps, pgd_steps=pgd_steps, seed=seed)
-    with _frozen(net):
-        metadata = _metadata(source, format, exporter, dynamic_batch, batch_size, count_macs(net, net.spec.input_size))
-        example = _example(data, 2 if dynamic_batch else batch_size)  # batch 2: no size-1 specialisation when dynamic
-        if format == "onnx":
-            payload, used_opset = _onnx_bytes(net, example, metadata, dynamic_batch, opset, exporter)
-        else:
-            payload, used_opset = _torchscript_bytes(net, example, metadata), None
+    payload, used_opset = _serialise(net, source, data, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _staged(out, payload) as staged:
-        runtime = load_exported(staged)  # the same validation `evaluate FILE` applies
-        class_names = _class_names(source)
-        parity = check_parity(net, runtime, data, class_names, settings=settings, attacks=attacks, min_agreement=min_agreement,
-                              batch_size=parity_batch_size, device=select_device(device), dataset=source.splits.info.name,
-                              batch_checks=BATCH_CHECKS if dynamic_batch else ())
-        if not parity.passed:
-            raise ModelError(_refusal(format, parity))
-        cost = cost_profile(runtime, file=staged, batch_sizes=(1, 64) if dynamic_batch else (batch_size,)) if profile else None
-        os.replace(staged, out)
+    settings = EvalSettings(eps=source.eps, pgd_steps=pgd_steps, seed=seed)
+    runtime, parity, cost = _check_and_place(out, payload, net, source, data, settings, plan)
     record = _record(out, payload, runtime, source, parity, cost, used_opset)
+    record["parity"]["n_requested"] = parity_n
     index_path = _write_index(out, record)
     return ExportResult(out, format, record, parity, cost, index_path)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The export's choices, passed between its steps."""
+
+    format: str
+    exporter: str
+    dynamic_batch: bool
+    batch_size: int
+    opset: int | None
+    attacks: tuple[str, ...]
+    min_agreement: float
+    parity_batch_size: int
+    device: torch.device
+    profile: bool
+
+
+def _serialise(net: Classifier, source: _Source, data: Split, plan: _Plan) -> tuple[bytes, int | None]:
+    """The exported file's bytes (metadata inside) and the ONNX opset used (``None`` for TorchScript)."""
+    with _frozen(net):
+        macs = count_macs(net, net.spec.input_size)
+        metadata = _metadata(source, plan.format, plan.exporter, plan.dynamic_batch, plan.batch_size, macs)
+        example = _example(data, 2 if plan.dynamic_batch else plan.batch_size)  # batch 2: no size-1 specialisation when dynamic
+        if plan.format == "onnx":
+            return _onnx_bytes(net, example, metadata, plan.dynamic_batch, plan.opset, plan.exporter)
+        return _torchscript_bytes(net, example, metadata), None
+
+
+def _check_and_place(out: Path, payload: bytes, net: Classifier, source: _Source, data: Split, settings: EvalSettings,
+                     plan: _Plan) -> tuple[ExportedModel, ParityReport, CostProfile | None]:
+    """Validate and parity-check a staged copy of the file; rename it to ``out`` only if it passes."""
+    with _staged(out, payload) as staged:
+        runtime = load_exported(staged)  # the same validation `evaluate FILE` applies
+        parity = check_parity(net, runtime, data, _class_names(source), settings=settings, attacks=plan.attacks,
+                              min_agreement=plan.min_agreement, batch_size=plan.parity_batch_size, device=plan.device,
+                              dataset=source.splits.info.name, batch_checks=BATCH_CHECKS if plan.dynamic_batch else ())
+        if not parity.passed:
+            raise ModelError(_refusal(plan.format, parity))
+        batches = (1, 64) if plan.dynamic_batch else (plan.batch_size,)
+        cost = cost_profile(runtime, file=staged, batch_sizes=batches) if plan.profile else None
+        os.replace(staged, out)
+    return runtime, parity, cost
 
 
 def _on_cpu(model: nn.Module) -> bool:
