@@ -101,19 +101,32 @@ def exported_format(path: str | Path) -> str | None:
     """``"onnx"`` or ``"torchscript"`` when ``path`` looks like a robustdistill export, else ``None``.
 
     ONNX is recognised by its ``.onnx`` suffix; TorchScript (any suffix) by the zip entry
-    ``extra/robustdistill.json`` - read from the zip directory only, nothing is executed.
+    ``extra/robustdistill.json`` or ``extra/robustdistill.digest`` - from the zip directory, or, for a
+    truncated archive without one, from the first local entry (``torch.jit.save`` writes the extra
+    files first). Nothing is executed.
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return "onnx"
-    if not path.is_file() or not zipfile.is_zipfile(path):
+    if not path.is_file():
         return None
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
-        return None
-    return "torchscript" if any(n.split("/", 1)[-1] == f"extra/{TS_METADATA_FILE}" for n in names) else None
+        names = [_first_zip_entry(path)]
+    markers = {f"extra/{TS_METADATA_FILE}", f"extra/{TS_DIGEST_FILE}"}
+    return "torchscript" if any(n.split("/", 1)[-1] in markers for n in names) else None
+
+
+def _first_zip_entry(path: Path) -> str:
+    """The name in the first local file header of a zip file (``""`` if it does not start like one)."""
+    with open(path, "rb") as handle:
+        head = handle.read(30 + 1024)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return ""
+    length = int.from_bytes(head[26:28], "little")
+    return head[30 : 30 + length].decode("utf-8", errors="replace")
 
 
 # --------------------------------------------------------------------------- the module

@@ -215,6 +215,7 @@ def test_truncated_export_is_refused(exports, tmp_path: Path, fmt: str) -> None:
     path = _copy(exports["teacher", fmt].path, tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
+    assert exported_format(path) == fmt  # still recognised (TorchScript: by its first zip entry), so refused as an export
     _assert_refused(path, "truncated")
 
 
