@@ -20,7 +20,9 @@ evidence (versions, opset, n, eps, seed, thresholds, the runtime's cost profile)
 
 ONNX goes through ``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter, torch's
 default since 2.9, which needs onnxscript) and ``onnx.checker``; ``exporter="legacy"`` selects
-the deprecated TorchScript-based ONNX exporter. TorchScript goes through ``torch.jit.trace``.
+the deprecated TorchScript-based ONNX exporter. TorchScript goes through ``torch.jit.trace``
+(torch 2.14 deprecates TorchScript in favour of torch.export; it still works and is parity-checked
+the same way).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ from .runtime import (
 
 ExportFormat = Literal["onnx", "torchscript"]
 FORMATS = ("onnx", "torchscript")
+# dynamo (torch.export-based) is torch's default ONNX exporter since 2.9 and the one torch keeps; in torch
+# 2.14 the legacy TorchScript-based exporter still works for every robustdistill architecture but warns
+# that it will be removed, and it is the only way to an opset below 18 (dynamo's version converter
+# leaves such models at 18; export refuses that mismatch). dynamo needs onnxscript.
 EXPORTERS = ("dynamo", "legacy")
 PARITY_ATTACKS = ("fgsm", "pgd", "cw")
 DEFAULT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
