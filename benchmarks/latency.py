@@ -35,7 +35,7 @@ from robustdistill.cost import cost_profile
 from robustdistill.data import load_dataset
 from robustdistill.export import export_model
 from robustdistill.models import build_student, load_model
-from robustdistill.runtime import load_exported
+from robustdistill.exported import load_exported
 
 RESULTS = Path(__file__).parent / "results"
 ENGINES = ("pytorch", "onnxruntime", "torchscript")

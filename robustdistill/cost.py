@@ -143,7 +143,7 @@ def _device_of(model: nn.Module) -> torch.device:
 @contextlib.contextmanager
 def intra_op_threads(model: nn.Module, threads: int | None) -> Iterator[int]:
     """Set torch's intra-op threads (and an exported model's runtime threads) for a block, then restore."""
-    from .runtime import ExportedModel
+    from .exported import ExportedModel
 
     old = torch.get_num_threads()
     wanted = threads or old
@@ -223,7 +223,7 @@ def cost_profile(
 
     Args:
         model: a :class:`~robustdistill.models.Classifier` (MACs counted here) or an
-            :class:`~robustdistill.runtime.ExportedModel` (CPU only; parameters and MACs taken from
+            :class:`~robustdistill.exported.ExportedModel` (CPU only; parameters and MACs taken from
             the source model's numbers recorded at export).
         input_size: ``(C, H, W)``; default ``model.spec.input_size``.
         file: the model's file, for its size.
@@ -232,7 +232,7 @@ def cost_profile(
         parameters, macs_per_image: override the counts.
         **timing: passed to :func:`measure_latency` (``warmup``, ``min_repeats``, ``min_seconds``, ...).
     """
-    from .runtime import ExportedModel
+    from .exported import ExportedModel
 
     size = tuple(input_size or model.spec.input_size)  # type: ignore[union-attr]
     exported = isinstance(model, ExportedModel)

@@ -55,7 +55,7 @@ from .errors import ModelError, UsageError, did_you_mean
 from .evaluation import ATTACKS, EvalSettings
 from .models import Classifier, count_parameters
 from .models.checkpoint import read_metadata
-from .runtime import (
+from .exported import (
     EXPORT_JSON, META_DIGEST, META_EXPORT, META_SPEC, TS_DIGEST_FILE, TS_METADATA_FILE, ExportedModel,
     exported_format, load_exported, onnx_digest, require_onnx, torchscript_digest,
 )

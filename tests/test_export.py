@@ -25,7 +25,7 @@ from robustdistill.evaluation import evaluate_model
 from robustdistill.export import ExportResult, export_model
 from robustdistill.models import Classifier, ModelSpec, build_arch, load_model
 from robustdistill.models.sources import bundled_path
-from robustdistill.runtime import (
+from robustdistill.exported import (
     EXPORT_JSON, ExportedModel, exported_format, load_exported, read_export_json, refuse_gradient_attacks,
 )
 from robustdistill.square import square
