@@ -46,15 +46,18 @@ from typing import Any, Iterator, Literal, Sequence
 import torch
 from torch import nn
 
-from . import attacks as atk
-from ._utils import atomic_write_json, derive_seed, format_fraction, forked_rng, parse_fraction, select_device, versions
-from .api import ModelOptions, describe_model, model_file, open_model, resolve_dataset_name, saved_config
+from .api import describe_model, model_budget, open_model, resolve_dataset_name
 from .cost import CostProfile, cost_profile, count_macs
 from .data import DatasetSplits, Split, load_dataset
 from .errors import ModelError, UsageError, did_you_mean
-from .evaluation import ATTACKS, EvalSettings
-from .models import Classifier, count_parameters
+from .evaluation import EvalSettings, eval_settings
+from .fileio import atomic_write_json
+from .models import Classifier, ModelOptions, count_parameters, model_file
 from .models.checkpoint import read_metadata
+from .modes import eval_mode
+from .rng import derive_seed, forked_rng
+from .runtime import select_device, versions
+from .units import format_fraction
 from .exported import (
     EXPORT_JSON, META_DIGEST, META_EXPORT, META_SPEC, TS_DIGEST_FILE, TS_METADATA_FILE, ExportedModel,
     exported_format, load_exported, onnx_digest, require_onnx, torchscript_digest,
@@ -67,7 +70,11 @@ FORMATS = ("onnx", "torchscript")
 # that it will be removed, and it is the only way to an opset below 18 (dynamo's version converter
 # leaves such models at 18; export refuses that mismatch). dynamo needs onnxscript.
 EXPORTERS = ("dynamo", "legacy")
-PARITY_ATTACKS = ("fgsm", "pgd", "cw")
+def parity_attacks() -> list[str]:
+    """Attacks that produce adversarial examples (``EvalAttack.adversarial``), apart from clean: fgsm, pgd, cw."""
+    from .evaluation import ATTACKS, EvalAttack
+
+    return [a.name for a in ATTACKS if a.name != "clean" and type(a).adversarial is not EvalAttack.adversarial]
 DEFAULT_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 SCHEMA = "robustdistill/export@1"
@@ -128,8 +135,8 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset, "split": self.split, "n_examples": self.n_examples,
-            "eps": self.settings.eps, "eps_str": format_fraction(self.settings.eps), "seed": self.settings.seed,
-            "attacks": {a: self.settings.describe(a) for a in self.attacks},
+            "eps": self.settings.eps, "eps_text": format_fraction(self.settings.eps), "seed": self.settings.seed,
+            "attacks": {a: self.settings.attack(a).parameters(self.settings.eps) for a in self.attacks},
             "adversarial_examples_made_on": f"the PyTorch model ({self.device})",
             "min_agreement": self.min_agreement, "passed": self.passed, "rows": [row.to_dict() for row in self.rows],
         }
@@ -174,17 +181,12 @@ class _Source:
     info: dict[str, Any]
 
 
-def _file_metadata(identifier: str) -> dict[str, str]:
+def _file_metadata(identifier: str, options: ModelOptions) -> dict[str, str]:
     """The ``robustdistill.*`` entries of a robustdistill safetensors file (teacher, eps, config ...)."""
-    path = model_file(identifier)
+    path = model_file(identifier, options)
     if path is None or path.suffix != ".safetensors" or not path.exists():
         return {}
     return {k: v for k, v in read_metadata(path).items() if k.startswith("robustdistill.")}
-
-
-def _recorded_eps(identifier: str | None, metadata: dict[str, str]) -> str | None:
-    recorded = saved_config(identifier).get("eps") if identifier else None
-    return str(recorded) if recorded is not None else metadata.get("robustdistill.eps")
 
 
 def _load_source(model: str | Classifier, dataset: str | None, data_dir: str | Path | None, download: bool,
@@ -192,22 +194,20 @@ def _load_source(model: str | Classifier, dataset: str | None, data_dir: str | P
     if isinstance(model, str) and exported_format(model) is not None and Path(model).is_file():
         raise UsageError(f"{model!r} is already an exported model; export its source model (.safetensors, zoo id ...) instead")
     identifier = model if isinstance(model, str) else (model.spec.source or "model")
-    metadata = _file_metadata(model) if isinstance(model, str) else {}
+    metadata = _file_metadata(model, options) if isinstance(model, str) else {}
     if isinstance(model, str):
-        name = resolve_dataset_name(model, dataset)
-    elif dataset:
-        name = dataset
+        name = resolve_dataset_name(model, dataset, options)
+    elif dataset or model.spec.dataset:
+        name = str(dataset or model.spec.dataset)
     else:
         raise UsageError("say which data to run the parity check on with dataset=...")
     splits = load_dataset(name, data_dir, download=download, image_size=image_size)
     net = open_model(model, splits, options)
-    budget = eps if eps is not None else _recorded_eps(model if isinstance(model, str) else None, metadata)
-    if budget is None:
-        raise UsageError(f"{identifier} records no attack budget; pass --eps (e.g. 8/255) for the parity check's PGD")
-    info = describe_model(identifier, net) if isinstance(model, str) else {
+    budget = model_budget(model if isinstance(model, str) else net, eps, options)  # the eps rule of evaluate
+    info = describe_model(identifier, net, options) if isinstance(model, str) else {
         "arch": net.spec.arch, "num_classes": net.num_classes, "input_size": list(net.spec.input_size),
         "parameters": count_parameters(net), "source": net.spec.source}
-    return _Source(net, identifier, splits, parse_fraction(budget, name="eps"), metadata, info)
+    return _Source(net, identifier, splits, budget, metadata, info)
 
 
 # --------------------------------------------------------------------------- checks of the arguments
@@ -218,8 +218,8 @@ def _check_arguments(fmt: str, exporter: str, out: Path, batch_size: int, parity
     if exporter not in EXPORTERS:
         raise UsageError(did_you_mean(exporter, EXPORTERS, "ONNX exporter"))
     for attack in attacks:
-        if attack not in PARITY_ATTACKS:
-            raise UsageError(did_you_mean(attack, PARITY_ATTACKS, "parity attack"))
+        if attack not in parity_attacks():
+            raise UsageError(did_you_mean(attack, parity_attacks(), "parity attack"))
     if fmt == "onnx" and out.suffix.lower() != ".onnx":
         raise UsageError(f"an ONNX export must be named *.onnx (evaluate recognises it by the suffix), not {out.name!r}")
     if batch_size < 1 or parity_n < 1:
@@ -372,29 +372,6 @@ def _exporter_text(fmt: str, exporter: str) -> str:
 
 
 # --------------------------------------------------------------------------- the parity check
-@contextlib.contextmanager
-def _frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients for the duration (restored afterwards), as evaluate does."""
-    was_training = model.training
-    grads = [p.requires_grad for p in model.parameters()]
-    model.eval().requires_grad_(False)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-        for p, g in zip(model.parameters(), grads):
-            p.requires_grad_(g)
-
-
-def _adversarial(model: nn.Module, attack: str, x: torch.Tensor, y: torch.Tensor, s: EvalSettings) -> torch.Tensor:
-    """The examples ``evaluate`` makes for ``attack`` (same parameters)."""
-    if attack == "fgsm":
-        return atk.fgsm(model, x, y, eps=s.eps)
-    if attack == "pgd":
-        return atk.pgd(model, x, y, eps=s.eps, step_size=s.step, steps=s.pgd_steps, restarts=s.pgd_restarts, clip_start=True).x_adv
-    return atk.pgd(model, x, y, eps=s.eps, step_size=s.step, steps=s.cw_steps, loss="cw", confidence=s.cw_confidence, clip_start=True).x_adv
-
-
 class _Tally:
     """Accumulates PyTorch and exported predictions, labels and the largest logit difference for one input set."""
 
@@ -443,13 +420,13 @@ def check_parity(
     device = torch.device(device)
     attacker = model if device.type == "cpu" else copy.deepcopy(model).to(device)
     tallies = {name: _Tally() for name in ("clean", *attacks)}
-    with _frozen(model), _frozen(attacker), forked_rng(device):
+    with eval_mode(model, freeze=True), eval_mode(attacker, freeze=True), forked_rng(device):
         for number, (x, y, _idx) in enumerate(data.batches(batch_size, torch.device("cpu"))):
             _compare(model, runtime, x, y, tallies["clean"])
-            for attack in attacks:
-                torch.manual_seed(derive_seed(settings.seed, ATTACKS.index(attack), number))
-                x_adv = _adversarial(attacker, attack, x.to(device), y.to(device), settings).cpu()
-                _compare(model, runtime, x_adv, y, tallies[attack])
+            for attack in settings.attacks(attacks)[1:]:  # the examples evaluate makes: same parameters and seeds
+                seed = derive_seed(settings.seed, attack.seed_id, number)
+                x_adv = attack.adversarial(attacker, x.to(device), y.to(device), eps=settings.eps, seed=seed).cpu()
+                _compare(model, runtime, x_adv, y, tallies[attack.name])
         rows = [tally.result(name, class_names) for name, tally in tallies.items()]
         rows += _batch_rows(model, runtime, data, batch_checks, class_names)
     return ParityReport(dataset, data.name, len(data), settings, tuple(attacks), min_agreement, str(device), tuple(rows))
@@ -530,7 +507,7 @@ def export_model(
     data = source.splits.split(source.splits.default_eval_split).head(parity_n)
     payload, used_opset = _serialise(net, source, data, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
-    settings = EvalSettings(eps=source.eps, pgd_steps=pgd_steps, seed=seed)
+    settings = eval_settings(source.eps, seed, pgd_steps=pgd_steps)
     runtime, parity, cost = _check_and_place(out, payload, net, source, data, settings, plan)
     record = _record(out, payload, runtime, source, parity, cost, used_opset)
     record["parity"]["n_requested"] = parity_n
@@ -556,7 +533,7 @@ class _Plan:
 
 def _serialise(net: Classifier, source: _Source, data: Split, plan: _Plan) -> tuple[bytes, int | None]:
     """The exported file's bytes (metadata inside) and the ONNX opset used (``None`` for TorchScript)."""
-    with _frozen(net):
+    with eval_mode(net, freeze=True):
         macs = count_macs(net, net.spec.input_size)
         metadata = _metadata(source, plan.format, plan.exporter, plan.dynamic_batch, plan.batch_size, macs)
         example = _example(data, 2 if plan.dynamic_batch else plan.batch_size)  # batch 2: no size-1 specialisation when dynamic

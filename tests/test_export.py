@@ -28,7 +28,7 @@ from robustdistill.models.sources import bundled_path
 from robustdistill.exported import (
     EXPORT_JSON, ExportedModel, exported_format, load_exported, read_export_json, refuse_gradient_attacks,
 )
-from robustdistill.square import square
+from robustdistill.evaluation.square import square
 
 pytest.importorskip("onnxruntime")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

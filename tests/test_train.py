@@ -320,7 +320,9 @@ def test_unreadable_checkpoint_is_one_line_error(small_splits, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError) as info:
         make_trainer(small_splits).load_checkpoint(tmp_path / "checkpoint.pt")
-    assert "\n" not in str(info.value) and "--overwrite" in str(info.value)
+    message = str(info.value)
+    # One line that says what to do - and never --overwrite, which would delete a finished run's results.
+    assert "\n" not in message and "truncated" in message and "new --out" in message and "--overwrite" not in message
 
 
 # --------------------------------------------------------------------------- non-finite losses

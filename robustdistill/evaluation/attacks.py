@@ -42,6 +42,7 @@ class EvalAttack:
         needs_gradients: white-box (input gradients); refused on exported models.
         seed_per_batch: each batch gets ``derive_seed(seed, seed_id, batch)``; otherwise the
             evaluation seed itself (pyautoattack, which seeds every call on its own).
+        in_all: part of ``--attacks all`` (Square is not: AutoAttack runs it already).
     """
 
     name: ClassVar[str] = ""
@@ -50,6 +51,7 @@ class EvalAttack:
     seed_id: ClassVar[int] = -1
     needs_gradients: ClassVar[bool] = True
     seed_per_batch: ClassVar[bool] = True
+    in_all: ClassVar[bool] = True
 
     @property
     def reference(self) -> bool:
@@ -73,10 +75,17 @@ class EvalAttack:
         """Everything about this attack that determines its per-sample results."""
         return {"attack": self.name, "parameters": self.parameters(eps), "implementation": self.implementation()}
 
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int) -> torch.Tensor:
+        """The attacked batch (in [0, 1], within eps of ``x``), drawn with this batch's ``seed``.
+
+        Attacks that only report verdicts (AutoAttack's ensemble) do not implement it.
+        """
+        raise NotImplementedError(f"attack {self.name!r} reports per-sample verdicts, not adversarial examples")
+
     def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
                 num_classes: int) -> torch.Tensor:
         """Per-sample bool: is ``model`` right on the attacked ``x`` (``seed``: this batch's seed)."""
-        raise NotImplementedError
+        return predicts(model, self.adversarial(model, x, y, eps=eps, seed=seed), y)
 
 
 def predicts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -120,9 +129,8 @@ class Clean(EvalAttack):
     def parameters(self, eps: float) -> dict[str, Any]:
         return {}
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-                num_classes: int) -> torch.Tensor:
-        return predicts(model, x, y)
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int) -> torch.Tensor:
+        return x
 
 
 @register_attack()
@@ -138,10 +146,9 @@ class FGSM(EvalAttack):
     def parameters(self, eps: float) -> dict[str, Any]:
         return {"eps": eps, "norm": "Linf", "steps": 1, "step_size": eps, "loss": "ce", "start": "gaussian(0.001)"}
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-                num_classes: int) -> torch.Tensor:
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int) -> torch.Tensor:
         seeded(seed)
-        return predicts(model, atk.fgsm(model, x, y, eps=eps), y)
+        return atk.fgsm(model, x, y, eps=eps)
 
 
 @register_attack()
@@ -175,12 +182,10 @@ class PGD(EvalAttack):
         return {"eps": eps, "norm": "Linf", "steps": self.steps, "step_size": _step(self.step_size, eps), "loss": "ce",
                 "start": "uniform", "restarts": self.restarts}
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-                num_classes: int) -> torch.Tensor:
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int) -> torch.Tensor:
         seeded(seed)
-        res = atk.pgd(model, x, y, eps=eps, step_size=_step(self.step_size, eps), steps=self.steps,
-                      restarts=self.restarts, clip_start=True)
-        return predicts(model, res.x_adv, y)
+        return atk.pgd(model, x, y, eps=eps, step_size=_step(self.step_size, eps), steps=self.steps,
+                       restarts=self.restarts, clip_start=True).x_adv
 
 
 @register_attack(aliases=("cw-inf", "cwinf"))
@@ -209,12 +214,10 @@ class CW(EvalAttack):
         return {"eps": eps, "norm": "Linf", "steps": self.steps, "step_size": _step(self.step_size, eps),
                 "loss": f"cw-margin(confidence={self.confidence:g})", "start": "uniform"}
 
-    def correct(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int,
-                num_classes: int) -> torch.Tensor:
+    def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int) -> torch.Tensor:
         seeded(seed)
-        res = atk.pgd(model, x, y, eps=eps, step_size=_step(self.step_size, eps), steps=self.steps, loss="cw",
-                      confidence=self.confidence, clip_start=True)
-        return predicts(model, res.x_adv, y)
+        return atk.pgd(model, x, y, eps=eps, step_size=_step(self.step_size, eps), steps=self.steps, loss="cw",
+                       confidence=self.confidence, clip_start=True).x_adv
 
 
 AutoAttackVersion = Literal["standard", "fast"]
@@ -277,7 +280,7 @@ def attack_names(text: str | Sequence[str]) -> list[str]:
         raise UsageError(f"attacks must be names such as clean, pgd, aa; got {list(raw)!r}")
     names = [t.strip().lower() for t in raw if t.strip()]
     if names == ["all"]:
-        return ATTACKS.names()
+        return [a.name for a in ATTACKS if a.in_all]
     wanted = {ATTACKS.canonical(n) for n in names} | {"clean"}
     return [n for n in ATTACKS.names() if n in wanted]
 

@@ -77,15 +77,14 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: unreadable, truncated or not a training checkpoint (one line, with the fix).
     """
-    from ..models.weightsio import torch_load_weights_only
+    from ..models.weightsio import read_torch_file
 
     # Never advise --overwrite here: the run may have finished, and its model and reports are intact.
     fix = "the run's other files are untouched; to train again, choose a new --out"
     try:
-        state = torch_load_weights_only(path)
-    except Exception as exc:  # noqa: BLE001 - whatever torch raises, the user needs the same advice
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {path} ({first}); {fix}") from None
+        state = read_torch_file(path)
+    except CheckpointError as exc:  # what is wrong with the file, then what to do about this run
+        raise CheckpointError(f"cannot resume from {str(exc).split('; ')[0]}; {fix}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a robustdistill training checkpoint; {fix}")
     missing = [k for k, kind in REQUIRED_FIELDS.items() if not isinstance(state.get(k), kind)]
