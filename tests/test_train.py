@@ -322,7 +322,7 @@ def test_unreadable_checkpoint_is_one_line_error(small_splits, tmp_path):
         make_trainer(small_splits).load_checkpoint(tmp_path / "checkpoint.pt")
     message = str(info.value)
     # One line that says what to do - and never --overwrite, which would delete a finished run's results.
-    assert "\n" not in message and "truncated" in message and "new --out" in message and "--overwrite" not in message
+    assert "\n" not in message and "damaged" in message and "new --out" in message and "--overwrite" not in message
 
 
 # --------------------------------------------------------------------------- non-finite losses

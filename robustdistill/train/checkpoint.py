@@ -83,8 +83,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     fix = "the run's other files are untouched; to train again, choose a new --out"
     try:
         state = read_torch_file(path)
-    except CheckpointError as exc:  # what is wrong with the file, then what to do about this run
-        raise CheckpointError(f"cannot resume from {str(exc).split('; ')[0]}; {fix}") from None
+    except CheckpointError:  # torch's own wording is long; what matters is that this file cannot be used
+        raise CheckpointError(f"cannot resume from {path}: the checkpoint is damaged or incomplete; {fix}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a robustdistill training checkpoint; {fix}")
     missing = [k for k, kind in REQUIRED_FIELDS.items() if not isinstance(state.get(k), kind)]
