@@ -20,7 +20,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "distill": "pipeline", "train_teacher": "pipeline", "RunResult": "pipeline", "DistillResult": "pipeline",
-    "evaluate": "api", "load_report": "api",
+    "evaluate": "api", "load_report": "reports",
     "fairness_report": "reports", "compare": "fairness", "Comparison": "fairness",
     "EvalSettings": "evaluation", "EvaluationResult": "evaluation", "eval_settings": "evaluation",
     "RunConfig": "config",

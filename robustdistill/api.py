@@ -185,14 +185,5 @@ def _class_names(net: Classifier, splits: DatasetSplits) -> tuple[str, ...]:
     return tuple(names) if names and len(names) == splits.info.num_classes else tuple(splits.info.class_names)
 
 
-def load_report(path: str | Path) -> EvaluationResult:
-    """Read a report.json written by ``evaluate --out`` back into an :class:`EvaluationResult`."""
-    from .reports import read_evaluation
-
-    if not isinstance(path, (str, Path)):
-        raise UsageError(f"load_report needs a path to a report.json, not {type(path).__name__}")
-    return read_evaluation(path)
-
-
-__all__ = ["describe_model", "evaluate", "load_report", "model_budget", "model_options", "open_model",
+__all__ = ["describe_model", "evaluate", "model_budget", "model_options", "open_model",
            "recorded_dataset", "resolve_dataset_name"]

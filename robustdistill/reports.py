@@ -108,6 +108,14 @@ def read_evaluation(spec: str | Path) -> EvaluationResult:
         raise UsageError(f"{shown} is damaged ({type(exc).__name__}: {str(exc)[:80]}); re-create it with `robustdistill evaluate --out`") from None
 
 
+def load_report(path: str | Path) -> EvaluationResult:
+    """Read a report.json written by ``evaluate --out`` (or a distill run's, ``RUN/report.json#teacher``)
+    back into an :class:`EvaluationResult`; the Python twin of giving ``fairness-report`` a report."""
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"load_report needs a path to a report.json, not {type(path).__name__}")
+    return read_evaluation(path)
+
+
 def check_requested(result: EvaluationResult, requested: Requested, shown: str) -> EvaluationResult:
     """Refuse a stored evaluation whose settings differ from the explicitly requested ones.
 

@@ -1,4 +1,6 @@
-"""Model sources: one registered class per identifier form, what each records, and the module structure."""
+"""Model sources: one registered class per identifier form, what each records, and the leaf IO module.
+
+(No import cycle and no private imports, package-wide: tests/test_structure.py.)"""
 
 from __future__ import annotations
 
@@ -43,57 +45,6 @@ def _imports(path: Path) -> list[tuple[str, list[str], int]]:
         elif isinstance(node, ast.Import):
             out.extend((alias.name, [], node.lineno) for alias in node.names)
     return out
-
-
-def _module_graph() -> dict[str, set[str]]:
-    graph = {}
-    for path in MODELS_DIR.glob("*.py"):
-        name = "robustdistill.models" if path.stem == "__init__" else f"robustdistill.models.{path.stem}"
-        graph[name] = {m for m, _, _ in _imports(path) if m.startswith("robustdistill.models.")}
-    return graph
-
-
-def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-
-    def visit(node: str, stack: list[str]) -> list[str] | None:
-        state[node] = 1
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
-            if nxt not in state:
-                found = visit(nxt, stack + [nxt])
-                if found:
-                    return found
-        state[node] = 2
-        return None
-
-    for start in sorted(graph):
-        if start not in state:
-            found = visit(start, [start])
-            if found:
-                return found
-    return None
-
-
-def test_cycle_finder_finds_cycles() -> None:
-    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
-
-
-def test_models_package_has_no_import_cycle() -> None:
-    graph = _module_graph()
-    assert "robustdistill.models.weightsio" in graph and len(graph) >= 12
-    assert _find_cycle(graph) is None, _find_cycle(graph)
-
-
-def test_no_private_name_is_imported_from_another_module() -> None:
-    offenders = [
-        f"{path.name}:{line} imports {name} from {module}"
-        for path in MODELS_DIR.glob("*.py") for module, names, line in _imports(path)
-        for name in names if name.startswith("_") and not name.endswith("__")  # dunders (__version__) are public
-    ]
-    assert offenders == []
 
 
 def test_weightsio_is_a_leaf() -> None:

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import torch
 
 from ..errors import UsageError
 from ..registry import Registry
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
+
+class TrainConfig(Protocol):
+    """What an optimizer reads of :class:`robustdistill.train.config.TrainConfig` (no import: config imports this module)."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+
 
 Build = Callable[[Iterable[torch.nn.Parameter], "TrainConfig"], torch.optim.Optimizer]
 
