@@ -72,7 +72,7 @@ def describe_model(identifier: str, model: Classifier, options: ModelOptions = M
     """Architecture, size and the file (with its sha256) behind a model: the evidence of a report."""
     info: dict[str, Any] = {
         "arch": model.spec.arch, "num_classes": model.spec.num_classes, "input_size": list(model.spec.input_size),
-        "parameters": count_parameters(model), "source": model.spec.source or identifier,
+        "parameters": count_parameters(model) or _exported_parameters(model), "source": model.spec.source or identifier,
     }
     path = model_file(identifier, options)
     if path is not None and path.exists():
@@ -80,6 +80,11 @@ def describe_model(identifier: str, model: Classifier, options: ModelOptions = M
         info["file"] = f"robustdistill/assets/{path.name}" if identifier.startswith("bundled:") else str(path)
         info["sha256"] = sha256_file(path)
     return info
+
+
+def _exported_parameters(model: Any) -> int:
+    """The parameter count an exported file records (its graph has no torch parameters)."""
+    return int((getattr(model, "info", {}).get("source") or {}).get("parameters") or 0)
 
 
 def open_model(identifier: str | Classifier, splits: DatasetSplits, options: ModelOptions = ModelOptions(),
@@ -152,6 +157,10 @@ def evaluate(
     splits = splits or _load_splits(model, dataset, data_dir, download, image_size, opts)
     data = splits.split(split or splits.default_eval_split).head(n_examples)
     net = open_model(model, splits, opts)  # a missing or misfit model is reported before the eps rule
+    if not getattr(net, "differentiable", True):  # an exported file: only attacks that query outputs
+        from .exported import refuse_gradient_attacks
+
+        refuse_gradient_attacks(wanted, identifier)
     budget = given_eps if given_eps is not None else model_budget(model if isinstance(model, str) else net, None, opts)
     settings = eval_settings(budget, seed, step_size=step, pgd_steps=pgd_steps, **dict(attack_params or {}))
     chosen = settings.attacks(wanted)

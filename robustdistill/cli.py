@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Any, Callable, Literal, Optional, TypeVar
 
 import click
 import typer
@@ -145,7 +145,7 @@ def _output_mode(as_json: bool, quiet: bool) -> None:
 @app.command()
 @handle_errors
 def evaluate(
-    model: Annotated[str, typer.Argument(help="bundled:NAME, robustbench:NAME[@DATASET/THREAT], timm:NAME, a .safetensors, or a .pt/.pth with --arch.")],
+    model: Annotated[str, typer.Argument(help="bundled:NAME, robustbench:NAME\\[@DATASET/THREAT], timm:NAME, a .safetensors, a .pt/.pth with --arch, or an exported .onnx / TorchScript file (clean and square only).")],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     split: Annotated[Optional[str], typer.Option("--split", help="test (default), val, train, or all (an image folder without splits).")] = None,
@@ -515,6 +515,60 @@ def fairness_report_cmd(
         stdout_console.print(line, markup=False)
     console.print(f"wrote {len(paths)} files to [bold]{_escape(str(out))}[/]: " + ", ".join(p.name for p in paths),
                   soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Annotated[str, typer.Argument(help="bundled:NAME, robustbench:NAME\\[@DATASET/THREAT], timm:NAME, a .safetensors, or a .pt/.pth with --arch.")],
+    format: Annotated[Literal["onnx", "torchscript"], typer.Option("--format", "-f", help="onnx (runs with onnxruntime; pip install \"robustdistill\\[export]\") or torchscript.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (*.onnx for ONNX); export.json is written beside it. \\[default: ./NAME.onnx or ./NAME.pt]")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", metavar="", help="A dynamic batch dimension instead of a fixed one (--batch).")] = False,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="The fixed batch dimension of the exported graph (without --dynamic-batch).")] = 1,
+    opset: Annotated[Optional[int], typer.Option("--opset", min=7, help="ONNX opset; the dynamo exporter supports 18 and newer. \\[default: the exporter's, recorded in export.json]")] = None,
+    exporter: Annotated[Literal["dynamo", "legacy"], typer.Option("--exporter", help="ONNX exporter: dynamo (torch's default) or legacy (TorchScript-based, deprecated by torch; older opsets).")] = "dynamo",
+    n_examples: Annotated[int, typer.Option("--n-examples", "-n", min=1, help="Run the parity check on the first N examples of the test split.")] = 500,
+    attacks: Annotated[str, typer.Option("--attacks", "-a", help="Attacks (fgsm, pgd, cw) whose examples, made on the PyTorch model, both models must classify alike.")] = "pgd",
+    eps: EpsOpt = None,
+    pgd_steps: Annotated[int, typer.Option("--pgd-steps", min=1, help="PGD iterations of the parity check (step eps/4).")] = 20,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the parity attacks' random starts.")] = 0,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Refuse the export (exit 1, no file written) if PyTorch and the exported file agree on fewer clean or adversarial examples.")] = 0.999,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size of the parity check's attacks.")] = 256,
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", metavar="", help="Time the exported file on the CPU (batch 1 and 64) for export.json.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing --out file.")] = False,
+    device: DeviceOpt = "auto",
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    arch: ArchOpt = None,
+    num_classes: NumClassesOpt = None,
+    weights: WeightsOpt = None,
+    model_dir: ModelDirOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export a model to ONNX or TorchScript, refusing a file that is not as robust as the model (parity check)."""
+    from .export import default_export_path, export_model
+
+    _output_mode(as_json, quiet)
+    result = export_model(
+        model, format=format, out=out or default_export_path(model, format), dynamic_batch=dynamic_batch, batch_size=batch,
+        opset=opset, exporter=exporter, eps=eps, dataset=dataset, data_dir=data_dir,
+        options=_model_options(arch, num_classes, weights, model_dir, mean, std), parity_n=n_examples,
+        attacks=[a.strip() for a in attacks.split(",") if a.strip()], pgd_steps=pgd_steps, seed=seed,
+        min_agreement=min_agreement, parity_batch_size=batch_size, device=device, profile=profile, overwrite=overwrite,
+    )
+    if as_json:
+        _emit_json({"export": result.record, "files": [str(result.path), str(result.export_json)]})
+        return
+    for line in result.parity.summary():
+        stdout_console.print(line, markup=False)
+    if result.cost is not None:
+        stdout_console.print(result.cost.summary(), markup=False)
+    opset_text = f", opset {result.record['opset']}" if result.record.get("opset") else ""
+    console.print(f"wrote {result.path} ({result.format}{opset_text}, {result.record['bytes']:,} bytes) and "
+                  f"{result.export_json}", markup=False)
 
 
 def main() -> None:

@@ -157,6 +157,8 @@ class RunSection:
     out: str | None = option(None, "out", "--out", "-o", default_text="runs/<time>-<method>-<model>-<dataset>",
                              help="Run directory.")
     device: str = option("auto", "device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")
+    log: str = option("csv", "log", help="Metric logs besides metrics.jsonl: csv (metrics.csv), tensorboard "
+                      "(RUN/tensorboard; pip install robustdistill[tensorboard]), csv,tensorboard, or none.")
 
 
 SECTIONS: dict[str, type] = {

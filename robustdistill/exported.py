@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ModelError, UsageError
-from .models import ModelSpec
+from .models.spec import ModelSpec
 
 META_SPEC = "robustdistill.spec"
 META_EXPORT = "robustdistill.export"
@@ -145,7 +145,10 @@ class ExportedModel(nn.Module):
         path: the file it was loaded from.
         batch_size: the fixed batch dimension of the file, or ``None`` when it is dynamic; inputs
             of another size are run in chunks (the last one zero-padded).
+        differentiable: ``False``: only attacks that query outputs (clean, square) can run on it.
     """
+
+    differentiable = False
 
     def __init__(self, runner: Runner, spec: ModelSpec, metadata: dict[str, str], path: Path,
                  rebuild: Callable[[int], Runner] | None = None) -> None:

@@ -239,7 +239,7 @@ def _train_and_report(prep: Prepared) -> RunResult:
     cfg = prep.cfg
     _write_config(prep)
     _announce(prep)
-    history = prep.trainer.fit()
+    history = _fit(prep)
     model_path = prep.run / ("student.safetensors" if cfg.teacher.id else "teacher.safetensors")
     report_path = prep.run / "report.json"
     if not is_main_process():
@@ -252,6 +252,19 @@ def _train_and_report(prep: Prepared) -> RunResult:
         teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher.id, info, "teacher", reuse=True)
     comparison = write_run_report(prep, student_eval, teacher_eval, history)
     return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison)
+
+
+def _fit(prep: Prepared) -> list[dict[str, Any]]:
+    """Train, writing every epoch's metrics to the configured logs as well (rank 0)."""
+    from .logsinks import MetricSinks, parse_sinks
+
+    if not is_main_process():
+        return prep.trainer.fit()
+    sinks = MetricSinks(parse_sinks(prep.cfg.run.log), prep.run.path, prep.run.write_text, prep.trainer.start_epoch)
+    try:
+        return prep.trainer.fit(on_epoch=sinks.write)
+    finally:
+        sinks.close()
 
 
 def _save_model(prep: Prepared, path: Path) -> None:

@@ -21,7 +21,7 @@ from rich.progress import (
 
 # soft_wrap: long lines (paths, verdicts) are never cut or re-wrapped in a log file.
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout_console = Console(highlight=False)
+stdout_console = Console(highlight=False, soft_wrap=True)
 _quiet = {"on": False}
 
 __all__ = ["Progress", "console", "is_main_process", "make_progress", "set_quiet", "stdout_console"]
@@ -41,9 +41,14 @@ def _disabled() -> bool:
     return not is_main_process() or _quiet["on"] or os.environ.get("ROBUSTDISTILL_NO_PROGRESS") == "1"
 
 
+def interactive() -> bool:
+    """Is stderr a terminal (live bars), rather than a file or a pipe (plain lines)?"""
+    return console.is_terminal
+
+
 def make_progress(transient: bool = False) -> Any:
     """A progress display on stderr: a rich bar in a terminal, :class:`LineProgress` otherwise."""
-    if not _disabled() and not console.is_terminal:
+    if not _disabled() and not interactive():
         return LineProgress()
     return Progress(
         SpinnerColumn(),

@@ -25,7 +25,7 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Options that may change when a run is resumed (they do not change what is trained).
 RESUMABLE_CHANGES = frozenset({"device", "no_aa", "eval_attacks", "eval_n_examples", "eval_batch_size", "eval_seed",
-                               "epochs"})
+                               "epochs", "log"})
 
 
 def new_config(command: str, options: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> RunConfig:
@@ -115,8 +115,10 @@ def resolve(cfg: RunConfig, command: str) -> RunConfig:
 def check_components(cfg: RunConfig) -> None:
     """Names that must be registered (schedule, optimizer, attacks) and numeric ranges."""
     from .evaluation import attack_names
+    from .logsinks import parse_sinks
     from .train import OPTIMIZERS, SCHEDULES
 
+    parse_sinks(cfg.run.log)
     SCHEDULES.get(str(cfg.train.schedule))
     OPTIMIZERS.get(cfg.train.optimizer)
     attack_names(cfg.evaluation.attacks)

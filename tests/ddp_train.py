@@ -45,7 +45,7 @@ def run_cli(ranks_dir: str, args: list[str]) -> int:
     from robustdistill.cli import app
     from robustdistill.data import TensorSplit
 
-    pipeline = importlib.import_module("robustdistill.distill")  # the package re-exports distill() under that name
+    pipeline = importlib.import_module("robustdistill.pipeline")
     seen: dict[str, Any] = {"orders": []}
 
     class RecordingSplit(TensorSplit):

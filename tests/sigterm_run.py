@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from robustdistill.distill import distill
+from robustdistill import distill
 from robustdistill.signals import as_interrupted, terminate_as_interrupt
 
 

@@ -21,7 +21,7 @@ from robustdistill import attacks as atk
 from robustdistill.cost import CostProfile, cost_profile
 from robustdistill.data import load_dataset
 from robustdistill.errors import CheckpointError, ModelError, UsageError
-from robustdistill.evaluation import evaluate_model
+from robustdistill.evaluation import eval_settings, evaluate_model
 from robustdistill.export import ExportResult, export_model
 from robustdistill.models import Classifier, ModelSpec, build_arch, load_model
 from robustdistill.models.sources import bundled_path
@@ -155,8 +155,10 @@ def test_fixed_batch_export_runs_in_chunks(tmp_path: Path, test_batch) -> None:
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_clean_evaluation_of_an_export(exports, digits, fmt: str) -> None:
     runtime = load_exported(exports["teacher", fmt].path)
-    pytorch = evaluate_model(load_model("bundled:digits"), digits.test, digits.info.class_names, attacks=["clean"])
-    exported = evaluate_model(runtime, digits.test, digits.info.class_names, attacks=["clean"])
+    settings = eval_settings(0.2)
+    pytorch = evaluate_model(load_model("bundled:digits"), digits.test, digits.info.class_names, attacks=["clean"],
+                             settings=settings)
+    exported = evaluate_model(runtime, digits.test, digits.info.class_names, attacks=["clean"], settings=settings)
     assert torch.equal(exported.correct["clean"], pytorch.correct["clean"])
 
 
@@ -315,7 +317,7 @@ def test_argument_errors(tmp_path: Path) -> None:
         export_model("bundled:digits", format="onnx", out=tmp_path / "m.pt")
     with pytest.raises(UsageError, match="export format"):
         export_model("bundled:digits", format="tflite", out=tmp_path / "m.tflite")  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="records no attack budget"):
+    with pytest.raises(UsageError, match="records no training budget; pass --eps"):
         export_model(_branchy(), out=tmp_path / "m.onnx", dataset="digits")
     (tmp_path / "taken.onnx").write_bytes(b"x")
     with pytest.raises(UsageError, match="--overwrite"):

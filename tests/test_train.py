@@ -427,9 +427,11 @@ def test_teacher_is_put_in_eval_mode_and_left_untouched(small_splits):
 def test_live_progress_has_one_display_that_validation_draws_into(small_splits, monkeypatch):
     """With progress bars on, fit() owns the only live display; validation adds its bars to it and
     removes them again (a second live display would raise rich's LiveError)."""
+    from robustdistill import progress as progress_module
     from robustdistill.progress import Progress
 
     monkeypatch.delenv("ROBUSTDISTILL_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(progress_module, "interactive", lambda: True)  # a terminal: live bars (a log gets lines)
     started, added = [], []
     real_start, real_add = Progress.start, Progress.add_task
     monkeypatch.setattr(Progress, "start", lambda self: (started.append(self), real_start(self))[1])
@@ -509,12 +511,14 @@ def test_disk_full_during_training_keeps_the_last_checkpoint_and_resumes_bit_ide
 
 
 def test_disk_full_writing_a_model_or_a_report_keeps_the_old_files(small_splits, small_disk):
+    import dataclasses
+
     from robustdistill.models import build_student, save_classifier
-    from robustdistill.report import write_evaluation
+    from robustdistill.render import write_evaluation
 
     model = build_student("tiny_cnn", small_splits.info.hint())
     report = evaluate_model(model, small_splits.val, small_splits.info.class_names, attacks=("clean",),
-                            n_examples=10, batch_size=256).to_dict()
+                            n_examples=10, batch_size=256, settings=eval_settings(0.2))
     save_classifier(model, small_disk / "student.safetensors")
     write_evaluation(report, small_disk)
     before = {p.name: p.read_bytes() for p in small_disk.iterdir()}
@@ -522,7 +526,7 @@ def test_disk_full_writing_a_model_or_a_report_keeps_the_old_files(small_splits,
     with pytest.raises(DiskFullError, match="student.safetensors"):
         save_classifier(build_student("small_cnn", small_splits.info.hint()), small_disk / "student.safetensors")
     with pytest.raises(DiskFullError, match="report.json"):
-        write_evaluation({**report, "note": "x" * 100_000}, small_disk)
+        write_evaluation(dataclasses.replace(report, model_info={"note": "x" * 100_000}), small_disk)
     assert {p.name: p.read_bytes() for p in small_disk.iterdir() if p.name != "filler.bin"} == before  # no temp file either
 
 

@@ -1,11 +1,12 @@
 """Models: the Classifier contract, architectures, weight files and model sources.
 
 Importing this package registers every built-in model source (bundled, robustbench, timm,
-safetensors, checkpoint, arch) in :data:`MODEL_SOURCES`, in that order.
+exported, safetensors, checkpoint, arch) in :data:`MODEL_SOURCES`, in that order.
 """
 
-# The order of these imports is the order of `robustdistill list teachers`.
-from . import bundled_source, robustbench_source, timm_source, file_sources, arch_source  # noqa: F401, I001 - registration
+# The order of these imports is the order of `robustdistill list teachers` (exported files are
+# recognised before plain .pt checkpoints, which would otherwise claim a TorchScript export).
+from . import bundled_source, robustbench_source, timm_source, exported_source, file_sources, arch_source  # noqa: F401, I001 - registration
 from .checkpoint import load_classifier, save_classifier
 from .classifier import Classifier, Normalize, count_parameters, freeze, unwrap
 from .model_source import MODEL_SOURCES, ModelRef, ModelSource, resolve_model
