@@ -572,11 +572,28 @@ def export(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: command-line usage errors are one line too, with exit status 2."""
     # Fail closed: no third-party loader may unpickle arbitrary objects while robustdistill runs.
     os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
+    command = typer.main.get_command(app)
     try:
-        app()
-    except KeyboardInterrupt:  # pragma: no cover - interrupted outside a command body
+        code = command.main(prog_name="robustdistill", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        sys.exit(_usage_error(exc))
+    except (typer.Abort, KeyboardInterrupt):
         console.print("[bold red]error:[/] interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> int:
+    """Print a command-line usage error as one line (help for a bare command); return its exit status."""
+    ctx = getattr(exc, "ctx", None)
+    code = int(getattr(exc, "exit_code", 2))
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        stdout_console.print(ctx.get_help())
+        return code
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    console.print(f"[bold red]error:[/] {_escape(' '.join(message.split()))}{where}", highlight=False)
+    return code

@@ -89,7 +89,7 @@ def resolve(cfg: RunConfig, command: str) -> RunConfig:
 
     choice = _method(cfg, command)
     rec_dataset, rec_eps = _teacher_record(cfg)
-    dataset_name = cfg.data.name or rec_dataset
+    dataset_name = _given(cfg.data.name, rec_dataset)
     if not dataset_name:
         raise UsageError("say which data to train on with --dataset (see `robustdistill list datasets`)")
     dspec = get_dataset(dataset_name)
@@ -102,14 +102,19 @@ def resolve(cfg: RunConfig, command: str) -> RunConfig:
                                    attack_step=cfg.method.attack_step if cfg.method.attack_step is not None else eps / 4,
                                    params=MappingProxyType(base), fair=MappingProxyType(fair)),
         train=dataclasses.replace(
-            cfg.train, epochs=cfg.train.epochs or choice.base.epochs_for(dspec.name, dspec.defaults.epochs),
-            batch_size=cfg.train.batch_size or dspec.defaults.batch_size,
-            schedule=cfg.train.schedule or choice.base.schedule,
+            cfg.train, epochs=_given(cfg.train.epochs, choice.base.epochs_for(dspec.name, dspec.defaults.epochs)),
+            batch_size=_given(cfg.train.batch_size, dspec.defaults.batch_size),
+            schedule=_given(cfg.train.schedule, choice.base.schedule),
             weight_decay=cfg.train.weight_decay if cfg.train.weight_decay is not None else choice.base.weight_decay),
     )
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=cfg.run.out or C.default_out(cfg)))
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=_given(cfg.run.out, C.default_out(cfg))))
     check_components(cfg)
     return cfg
+
+
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it was not given (``None``): an explicit 0 must reach validation, not the default."""
+    return default if value is None else value
 
 
 def check_components(cfg: RunConfig) -> None:
