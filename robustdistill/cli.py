@@ -154,6 +154,7 @@ def evaluate(
     n_examples: Annotated[Optional[int], typer.Option("--n-examples", "-n", min=1, help="Evaluate the first N examples of the split. \\[default: all]")] = None,
     batch_size: BatchOpt = 256,
     pgd_steps: Annotated[Optional[int], typer.Option("--pgd-steps", min=1, help="PGD iterations. \\[default: 20]")] = None,
+    aa_version: Annotated[Literal["standard", "fast"], typer.Option("--aa-version", help="AutoAttack: standard (the reference) or fast (APGD-CE + APGD-T; labelled 'not the reference AutoAttack').")] = "standard",
     attack_param: Annotated[Optional[list[str]], typer.Option("--attack-param", help="Attack parameter as ATTACK_PARAM=VALUE, e.g. aa_version=fast, cw_steps=50 (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random starts and of AutoAttack.")] = 0,
     device: DeviceOpt = "auto",
@@ -178,7 +179,8 @@ def evaluate(
     target = _output_dir(out, "evaluate")  # checked before the attack: never write over another command's files
     result = api.evaluate(
         model, dataset=dataset, data_dir=data_dir, split=split, attacks=attacks, eps=eps, n_examples=n_examples,
-        batch_size=batch_size, device=device, seed=seed, pgd_steps=pgd_steps, attack_params=_key_values(attack_param),
+        batch_size=batch_size, device=device, seed=seed, pgd_steps=pgd_steps,
+        attack_params={"aa_version": aa_version, **_key_values(attack_param)},
         options=_model_options(arch, num_classes, weights, model_dir, mean, std), download=download,
         image_size=image_size, reuse=not fresh,
     )

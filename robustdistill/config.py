@@ -133,8 +133,15 @@ class TrainSection:
                             help="Nesterov momentum (the released Fair-ARD code uses it).")
     schedule: str | None = option(None, "schedule", default_text="the method's",
                                   help="Learning-rate schedule (see `robustdistill list schedules`).")
-    amp: Literal["none", "bf16", "fp16"] = option("none", "amp", help="Autocast: none, bf16 or fp16.")
-    channels_last: bool = option(False, "channels_last", help="channels_last memory format.")
+    amp: Literal["auto", "none", "bf16", "fp16"] = option(
+        "auto", "amp", help="Training autocast: auto (bf16 on GPUs with bf16 and on CPUs with native bf16 for large "
+        "models, else fp32), none (fp32) or bf16; fp16 is refused (it zeroes attack gradients). Evaluation is fp32.")
+    channels_last: bool | None = option(None, "channels_last", "--channels-last/--no-channels-last", default_text="with bf16",
+                                        help="channels_last memory format.")
+    threads: int | None = option(None, "threads", default_text="1 for small models on a CPU, else torch's",
+                                 help="Intra-op threads of this process.")
+    compile: bool = option(False, "compile", help="torch.compile the student and the teacher (measured: slower on "
+                           "CPUs for small models, see benchmarks/results/numeric_path.md).")
     seed: int = option(0, "seed", help="Seed of the initial weights, data order, augmentation and attacks.")
     select: Literal["last", "best-val"] = option("last", "select",
                                                  help="Report the last epoch, or the best on validation PGD (best-val).")
@@ -145,6 +152,9 @@ class TrainSection:
 class EvaluationSection:
     attacks: str = option("clean,pgd,cw,aa", "eval_attacks", help="Attacks of the final test-split evaluation.")
     no_aa: bool = option(False, "no_aa", help="Skip AutoAttack in the final evaluation.")
+    aa_version: Literal["standard", "fast"] = option(
+        "standard", "aa_version", help="AutoAttack: standard (the reference) or fast (APGD-CE + APGD-T only; labelled "
+        "'not the reference AutoAttack' wherever its number appears).")
     n_examples: int | None = option(None, "eval_n_examples", default_text="all",
                                     help="Evaluate the first N test examples.")
     batch_size: int = option(256, "eval_batch_size", help="Evaluation batch size.")
@@ -274,6 +284,9 @@ def _check_float(name: str, value: float | None, low: float, high: float = math.
 def validate(cfg: RunConfig) -> None:
     """Range checks of every numeric option (types were checked when the config was built)."""
     t, e, m = cfg.train, cfg.evaluation, cfg.method
+    _check_int("threads", t.threads, 1, 1024)
+    require(t.amp != "fp16", "--amp fp16 is refused: half-precision input gradients flush to zero inside the PGD "
+            "attack, which looks like robustness; use --amp bf16 (or auto)")
     for name, value in (("epochs", t.epochs), ("batch_size", t.batch_size), ("val_pgd_steps", t.val_pgd_steps),
                         ("attack_steps", m.attack_steps), ("eval_batch_size", e.batch_size),
                         ("eval_n_examples", e.n_examples), ("image_size", cfg.data.image_size),

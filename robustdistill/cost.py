@@ -117,12 +117,19 @@ class CostProfile:
 
 # --------------------------------------------------------------------------- counting
 def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
-    """FLOPs of one forward pass of one zero image, as ``FlopCounterMode`` counts them (2 per MAC)."""
+    """FLOPs of one forward pass of one zero image, as ``FlopCounterMode`` counts them (2 per MAC).
+
+    The pass runs in eval mode on a private RNG stream: counting never touches BatchNorm
+    statistics or the caller's random state (a model about to be trained stays as it was).
+    """
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .modes import eval_mode
+    from .rng import forked_rng
 
     device = _device_of(model)
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with eval_mode(model), forked_rng(device), counter, torch.no_grad():
         model(torch.zeros(1, *input_size, device=device))
     return int(counter.get_total_flops())
 

@@ -32,6 +32,8 @@ from .fairness import Comparison, compare
 from .reports import DISTILL_SCHEMA
 from .rundir import RunDir
 from .train import TrainConfig, Trainer, barrier, destroy_distributed, init_distributed, read_checkpoint
+from .train.numerics import NumericPath, choose_numeric_path, forward_macs
+from .train.numerics import apply as apply_numeric_path
 
 #: The method of the no-argument job: Fair-ARD reweighting over IAD, the base with the best average
 #: and worst-class validation robustness on digits (benchmarks/results/default_job.md).
@@ -66,15 +68,25 @@ class RunResult:
 DistillResult = RunResult  # the name robustdistill 0.1 exported
 
 
-def train_config(cfg: RunConfig) -> TrainConfig:
-    """The trainer's settings from the run config's ``train`` section."""
+def train_config(cfg: RunConfig, numeric: NumericPath) -> TrainConfig:
+    """The trainer's settings from the run config's ``train`` section and the chosen numeric path."""
     t = cfg.train
     return TrainConfig(
         epochs=int(t.epochs or 1), batch_size=int(t.batch_size or 1), optimizer=t.optimizer, lr=t.lr,
         momentum=t.momentum, weight_decay=float(t.weight_decay or 0.0), nesterov=t.nesterov,
-        schedule=str(t.schedule), amp=t.amp, channels_last=t.channels_last, seed=t.seed,
+        schedule=str(t.schedule), amp=numeric.amp, channels_last=numeric.channels_last, seed=t.seed,
         val_pgd_steps=t.val_pgd_steps, select=t.select,
     )
+
+
+def _numeric_path(cfg: RunConfig, device: torch.device, models: list[Classifier]) -> NumericPath:
+    """Autocast, memory format, threads and compilation for these models on this device (applied now)."""
+    t = cfg.train
+    macs = sum(forward_macs(m, m.spec.input_size) for m in models)
+    path = choose_numeric_path(amp=t.amp, channels_last=t.channels_last, threads=t.threads, compile=t.compile,
+                               device=device, macs=macs)
+    apply_numeric_path(path, models)
+    return path
 
 
 @dataclass
@@ -90,6 +102,7 @@ class Prepared:
     run: RunDir
     device: torch.device
     teacher_meta: dict[str, str]
+    numeric: NumericPath
 
 
 def _teacher_options(cfg: RunConfig) -> ModelOptions:
@@ -143,16 +156,18 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     strategy = build_strategy(cfg.method.name, {**cfg.method.params, **cfg.method.fair}, attack=attack,
                               num_classes=splits.info.num_classes)
     teacher_meta = _teacher_meta(cfg)
+    numeric = _numeric_path(cfg, device, [m for m in (student, teacher) if m is not None])
     state = _saved_state(run, teacher_meta) if resume else None
     _claim(run, resume=resume, overwrite=overwrite)
     trainer = Trainer(
-        student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=train_config(cfg),
+        student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info,
+        config=train_config(cfg, numeric),
         device=device, run_dir=run, eval_settings=eval_settings(float(cfg.method.eps or 0.0)),
         run_config={**cfg.to_dict(), "teacher_sha256": teacher_meta.get("teacher_sha256")},
     )
     if state is not None:
         trainer.resume_from(state, run / "checkpoint.pt")
-    return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta)
+    return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta, numeric)
 
 
 def _saved_state(run: RunDir, teacher_meta: Mapping[str, str]) -> dict[str, Any] | None:
@@ -193,7 +208,7 @@ def _evaluate_final(prep: Prepared, model: Classifier, model_id: str, info: dict
     """Test-split evaluation at the training budget. With ``reuse`` (the teacher), an identical stored
     evaluation is reused instead of attacking again, and a fresh one is stored."""
     e = prep.cfg.evaluation
-    settings = eval_settings(float(prep.cfg.method.eps or 0.0), e.seed)
+    settings = eval_settings(float(prep.cfg.method.eps or 0.0), e.seed, aa_version=e.aa_version)
     attacks = [a.name for a in settings.attacks(e.attacks) if not (e.no_aa and a.name == "aa")]
     split = prep.splits.test.head(e.n_examples)
     return evaluate_or_reuse(
@@ -223,7 +238,7 @@ def _announce(prep: Prepared) -> None:
     if is_main_process():
         console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
                       f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
-                      f"device {prep.device}; run directory [bold]{prep.run.path}[/]")
+                      f"device {prep.device}, {prep.numeric.reason}; run directory [bold]{prep.run.path}[/]")
 
 
 def _run(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> RunResult:
@@ -291,7 +306,8 @@ def write_run_report(prep: Prepared, student: EvaluationResult, teacher: Evaluat
     cfg, selected = prep.cfg, prep.trainer.selected_epoch
     report: dict[str, Any] = {
         "schema": DISTILL_SCHEMA,
-        "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.train.select,
+        "run": {"config": cfg.to_dict(), "numeric_path": prep.numeric.to_dict(), "epochs_trained": len(history),
+                "selected": cfg.train.select,
                 "selected_epoch": selected, "selected_validation": _validation(history, selected),
                 "final_validation": _validation(history, len(history))},
         "student": student.to_dict(),

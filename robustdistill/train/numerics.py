@@ -1,0 +1,115 @@
+"""The numeric path of a run, chosen once from the device and the size of the models: autocast,
+memory format, intra-op threads, ``torch.compile`` and cuDNN autotuning.
+
+``--amp auto`` (the default) trains in bf16 autocast with ``channels_last`` where that is faster
+and as accurate: on CUDA devices with bf16 support, and on CPUs with native bf16 (AVX512-BF16 or
+AMX) when the models are large enough that the arithmetic, not per-operation overhead, dominates
+a step. Elsewhere it trains in fp32. Evaluation always runs in fp32.
+
+``--threads`` (default: chosen) sets torch's intra-op threads. Tiny models on the CPU run faster
+on one thread - a second one adds synchronisation to operations that take microseconds, and
+makes a busy machine much slower still - so below the same size threshold one thread is used.
+
+The thresholds come from ``benchmarks/numeric_path.py`` (results in
+``benchmarks/results/numeric_path.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+#: Multiply-accumulates per training image (student + teacher forward) above which bf16 autocast and
+#: more than one intra-op thread pay off on a CPU (benchmarks/results/numeric_path.md).
+CPU_LARGE_MACS = 20_000_000
+
+
+@dataclass(frozen=True)
+class NumericPath:
+    """How a run computes: what was asked, what is used, and why.
+
+    Attributes:
+        amp: autocast used for training: ``none`` or ``bf16``.
+        channels_last: the training memory format.
+        threads: intra-op threads set for the run (``None``: torch's default left alone).
+        compile: student and teacher compiled with ``torch.compile``.
+        cudnn_benchmark: cuDNN autotuning switched on (CUDA only).
+        reason: one sentence saying why (printed and recorded in report.json).
+    """
+
+    amp: str
+    channels_last: bool
+    threads: int | None
+    compile: bool
+    cudnn_benchmark: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"amp": self.amp, "channels_last": self.channels_last, "threads": self.threads, "compile": self.compile,
+                "cudnn_benchmark": self.cudnn_benchmark, "reason": self.reason}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? Read from /proc/cpuinfo (Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
+def forward_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one image through ``model`` (counted on one real forward pass)."""
+    from ..cost import count_macs
+
+    return count_macs(model, input_size)
+
+
+def _bf16_ok(device: torch.device, macs: int) -> tuple[bool, str]:
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "the GPU supports bf16" if ok else "the GPU has no bf16 (fp16 is refused: see --amp)"
+    if device.type == "cpu":
+        if not cpu_has_native_bf16():
+            return False, "this CPU has no native bf16"
+        if macs < CPU_LARGE_MACS:
+            return False, f"the models are small ({macs / 1e6:.1f} M MACs per image), where bf16 gains nothing on a CPU"
+        return True, f"this CPU has native bf16 and the models are large ({macs / 1e6:.0f} M MACs per image)"
+    return False, f"fp32 on {device.type}"
+
+
+def _threads(requested: int | None, device: torch.device, macs: int) -> tuple[int | None, str]:
+    if requested is not None:
+        return requested, f"{requested} intra-op thread{'s' if requested > 1 else ''} (--threads)"
+    if device.type == "cpu" and macs < CPU_LARGE_MACS:
+        return 1, "1 intra-op thread (a small model: more threads only add overhead)"
+    return None, f"torch's default {torch.get_num_threads()} intra-op threads"
+
+
+def choose_numeric_path(*, amp: str, channels_last: bool | None, threads: int | None, compile: bool,
+                        device: torch.device, macs: int) -> NumericPath:
+    """Resolve ``--amp auto``, ``--channels-last`` (``None``: with bf16) and ``--threads`` (``None``: chosen)."""
+    if amp == "auto":
+        use, why = _bf16_ok(device, macs)
+        amp_used = "bf16" if use else "none"
+    else:
+        amp_used, why = amp, f"--amp {amp}"
+    layout = channels_last if channels_last is not None else amp_used == "bf16"
+    count, thread_why = _threads(threads, device, macs)
+    reason = f"{'bf16 autocast' if amp_used == 'bf16' else 'fp32'} ({why}); {thread_why}"
+    return NumericPath(amp_used, layout, count, compile, device.type == "cuda", reason)
+
+
+def apply(path: NumericPath, models: list[nn.Module]) -> None:
+    """Set threads and cuDNN autotuning; compile ``models`` in place (``nn.Module.compile``)."""
+    if path.threads is not None:
+        torch.set_num_threads(path.threads)
+    if path.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if path.compile:
+        for model in models:
+            model.compile()
