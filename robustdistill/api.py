@@ -16,7 +16,7 @@ from .runtime import select_device
 from .config import MAX_SEED, parse_budget
 from .data import DatasetSplits, load_dataset
 from .errors import UsageError
-from .evaluation import EvaluationResult, attack_names, eval_settings
+from .evaluation import EvaluationResult, attack_names, eval_settings, refuse_gradient_attacks
 from .evaluation.cache import evaluate_or_reuse, partial_path
 from .models import Classifier, ModelOptions, check_fits, count_parameters, load_model, model_file, recorded_config, recorded_eps
 
@@ -156,11 +156,7 @@ def evaluate(
     identifier = model if isinstance(model, str) else (model_id or model.spec.source or "model")
     splits = splits or _load_splits(model, dataset, data_dir, download, image_size, opts)
     data = splits.split(split or splits.default_eval_split).head(n_examples)
-    net = open_model(model, splits, opts)  # a missing or misfit model is reported before the eps rule
-    if not getattr(net, "differentiable", True):  # an exported file: only attacks that query outputs
-        from .exported import refuse_gradient_attacks
-
-        refuse_gradient_attacks(wanted, identifier)
+    net = _open_for(model, splits, opts, wanted, identifier)  # a missing or misfit model is reported before the eps rule
     budget = given_eps if given_eps is not None else model_budget(model if isinstance(model, str) else net, None, opts)
     settings = eval_settings(budget, seed, step_size=step, pgd_steps=pgd_steps, **dict(attack_params or {}))
     chosen = settings.attacks(wanted)
@@ -174,6 +170,15 @@ def evaluate(
         reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
         state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
     )
+
+
+def _open_for(model: str | Classifier, splits: DatasetSplits, options: ModelOptions, attacks: Sequence[str],
+              identifier: str) -> Classifier:
+    """The model, checked against the data and against the attacks it can face (no gradients: clean, square)."""
+    net = open_model(model, splits, options)
+    if not getattr(net, "differentiable", True):
+        refuse_gradient_attacks(attacks, identifier)
+    return net
 
 
 def _load_splits(model: str | Classifier, dataset: str | None, data_dir: str | Path | None, download: bool,

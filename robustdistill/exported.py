@@ -50,12 +50,6 @@ TS_DIGEST_FILE = "robustdistill.digest"
 TS_UNHASHED = frozenset({f"extra/{TS_DIGEST_FILE}", ".data/serialization_id"})
 EXPORT_JSON = "export.json"
 EXTRA_HINT = 'pip install "robustdistill[export]"'
-def gradient_free_attacks() -> list[str]:
-    """The registered attacks that only query outputs (``clean``, ``square``): what an exported file can face."""
-    from .evaluation import ATTACKS
-
-    return [a.name for a in ATTACKS if not a.needs_gradients]
-
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -179,7 +173,7 @@ class ExportedModel(nn.Module):
             raise ModelError(
                 f"{self.path.name} is an exported {self.format} model without gradients, so gradient attacks "
                 f"cannot run on it; evaluate the source model ({self.info.get('source', {}).get('id', '?')}) "
-                f"for those, and the export with {','.join(gradient_free_attacks())}"
+                "for those, and the export with attacks that only query outputs (clean, square)"
             )
         if tuple(x.shape[1:]) != tuple(self.spec.input_size):
             raise ModelError(
@@ -393,17 +387,6 @@ def _probe(model: ExportedModel) -> None:
     if tuple(out.shape) != (n, model.num_classes) or not bool(torch.isfinite(out).all()):
         raise CheckpointError(
             f"{str(model.path)!r} returns logits of shape {tuple(out.shape)} (expected ({n}, {model.num_classes}), finite); export it again"
-        )
-
-
-def refuse_gradient_attacks(attacks: list[str] | tuple[str, ...], path: str | Path) -> None:
-    """Raise :class:`UsageError` if ``attacks`` asks an exported file for an attack that needs gradients."""
-    free = gradient_free_attacks()
-    needs_grad = [a for a in attacks if a not in free]
-    if needs_grad:
-        raise UsageError(
-            f"{Path(path).name} is an exported model without gradients, so {', '.join(needs_grad)} cannot run on it; "
-            f"use --attacks {','.join(free)} here and evaluate the source model for gradient attacks"
         )
 
 

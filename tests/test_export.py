@@ -21,12 +21,12 @@ from robustdistill import attacks as atk
 from robustdistill.cost import CostProfile, cost_profile
 from robustdistill.data import load_dataset
 from robustdistill.errors import CheckpointError, ModelError, UsageError
-from robustdistill.evaluation import eval_settings, evaluate_model
+from robustdistill.evaluation import eval_settings, evaluate_model, refuse_gradient_attacks
 from robustdistill.export import ExportResult, export_model
 from robustdistill.models import Classifier, ModelSpec, build_arch, load_model
 from robustdistill.models.sources import bundled_path
 from robustdistill.exported import (
-    EXPORT_JSON, ExportedModel, exported_format, load_exported, read_export_json, refuse_gradient_attacks,
+    EXPORT_JSON, ExportedModel, exported_format, load_exported, read_export_json,
 )
 from robustdistill.evaluation.square import square
 

@@ -342,6 +342,6 @@ def test_cli_evaluates_a_checkpoint_with_the_unsafe_variable_in_the_shell(model_
     monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
     proc = helpers.run_module("evaluate", model_test_pt, "--arch", "resnet18", "--dataset", "imagefolder", "--data-dir",
                               image_folder, "--attacks", "clean", "-n", "8", "--device", "cpu", "--out", tmp_path / "run",
-                              "--fresh")
+                              "--fresh", "--eps", "8/255")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and (tmp_path / "run" / "report.json").exists()

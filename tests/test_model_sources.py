@@ -77,7 +77,8 @@ def test_resolve_model(identifier: str, source: str, name: str) -> None:
 
 
 def test_one_source_per_identifier_form() -> None:
-    assert [s.name for s in MODEL_SOURCES] == ["bundled", "robustbench", "timm", "safetensors", "checkpoint", "arch"]
+    assert [s.name for s in MODEL_SOURCES] == ["bundled", "robustbench", "timm", "exported", "safetensors", "checkpoint",
+                                               "arch"]
     prefixes = [s.prefix for s in MODEL_SOURCES if s.prefix]
     assert sorted(prefixes) == ["bundled", "robustbench", "timm"]
     # The prefix-less sources never claim the same identifier.
@@ -94,8 +95,8 @@ def test_existing_file_named_like_an_architecture_is_a_checkpoint(tmp_path: Path
 
 def test_list_teachers_comes_from_the_sources() -> None:
     rows = dict(list_teachers())
-    assert list(rows) == ["bundled:digits", "robustbench:NAME[@DATASET/THREAT]", "timm:NAME", "FILE.safetensors",
-                          "FILE.pt --arch ARCH"]
+    assert list(rows) == ["bundled:digits", "robustbench:NAME[@DATASET/THREAT]", "timm:NAME",
+                          "FILE.onnx / exported TorchScript", "FILE.safetensors", "FILE.pt --arch ARCH"]
     assert rows["bundled:digits"] == "shipped with the package"
     assert "ARCH" not in rows  # bare architectures are students, not teachers
 

@@ -8,12 +8,14 @@
 * :mod:`~robustdistill.evaluation.cache` - reuse of identical stored evaluations.
 """
 
-from .attacks import ATTACKS, EvalAttack, EvalSettings, attack_names, eval_settings, register_attack
+from .attacks import (
+    ATTACKS, EvalAttack, EvalSettings, attack_names, eval_settings, refuse_gradient_attacks, register_attack,
+)
 from . import square  # noqa: F401, E402 - registers the Square attack (after the five built-in ones)
 from .result import EvaluationResult
 from .runner import evaluate_model
 
 __all__ = [
     "ATTACKS", "EvalAttack", "EvalSettings", "EvaluationResult", "attack_names", "eval_settings", "evaluate_model",
-    "register_attack",
+    "refuse_gradient_attacks", "register_attack",
 ]

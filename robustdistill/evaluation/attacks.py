@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence, TypeVar
 
 import torch
@@ -283,6 +284,15 @@ def attack_names(text: str | Sequence[str]) -> list[str]:
         return [a.name for a in ATTACKS if a.in_all]
     wanted = {ATTACKS.canonical(n) for n in names} | {"clean"}
     return [n for n in ATTACKS.names() if n in wanted]
+
+
+def refuse_gradient_attacks(attacks: Sequence[str], model_name: str) -> None:
+    """Raise :class:`UsageError` if ``attacks`` ask a model without gradients (an exported file) for a white-box attack."""
+    free = [a.name for a in ATTACKS if not a.needs_gradients]
+    needs = [a for a in attack_names(list(attacks)) if a not in free]
+    if needs:
+        raise UsageError(f"{Path(model_name).name} is an exported model without gradients, so {', '.join(needs)} cannot "
+                         f"run on it; use --attacks {','.join(free)} here and evaluate the source model for gradient attacks")
 
 
 @dataclass(frozen=True)
