@@ -8,6 +8,7 @@ CLI turns into one-line messages.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -131,6 +132,7 @@ def evaluate(
     splits: DatasetSplits | None = None,
     model_id: str | None = None,
     reuse: bool = True,
+    profile: bool = True,
 ) -> EvaluationResult:
     """Evaluate a model with exact per-class results (the Python twin of ``robustdistill evaluate``).
 
@@ -143,6 +145,7 @@ def evaluate(
         attack_params: other attack parameters as ``<attack>_<parameter>`` (``{"aa_version": "fast"}``).
         reuse: return an identical stored evaluation instead of attacking again (same model file,
             data, examples, protocol, batch size and library versions), and store a fresh one.
+        profile: add the model's cost (parameters, MACs, file size, CPU latency at batch 1 and 64).
 
     Example:
         >>> result = robustdistill.evaluate("bundled:digits", attacks="clean,pgd,aa")
@@ -164,12 +167,25 @@ def evaluate(
     net.to(dev)
     info = describe_model(identifier, net, opts) if isinstance(model, str) else _describe_object(net)
     class_names = _class_names(net, splits)
-    return evaluate_or_reuse(
+    result = evaluate_or_reuse(
         net, data, class_names, attacks=[a.name for a in chosen], settings=settings, model_id=model_id or identifier,
         dataset=splits.info.name, model_info=info, reuse=reuse, batch_size=batch_size, device=dev,
         reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
         state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
     )
+    file = model_file(model, opts) if isinstance(model, str) else None
+    return with_cost(result, net, file) if profile else result
+
+
+def with_cost(result: EvaluationResult, model: Any, file: Path | None) -> EvaluationResult:
+    """``result`` with the model's cost profile (a short timing run; the model is left where it is)."""
+    from .cost import cost_profile
+    from .modes import eval_mode
+
+    path = file if file is not None and Path(file).is_file() else None
+    with eval_mode(model):
+        cost = cost_profile(model, file=path, warmup=2, min_repeats=5, min_seconds=0.2)
+    return dataclasses.replace(result, cost=cost)
 
 
 def _open_for(model: str | Classifier, splits: DatasetSplits, options: ModelOptions, attacks: Sequence[str],

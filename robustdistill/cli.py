@@ -168,6 +168,7 @@ def evaluate(
     download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset if it is missing (needs network).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and report.md into this directory.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", metavar="", help="Add the model's cost: parameters, MACs, file size, CPU latency at batch 1 and 64.")] = True,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -182,7 +183,7 @@ def evaluate(
         batch_size=batch_size, device=device, seed=seed, pgd_steps=pgd_steps,
         attack_params={"aa_version": aa_version, **_key_values(attack_param)},
         options=_model_options(arch, num_classes, weights, model_dir, mean, std), download=download,
-        image_size=image_size, reuse=not fresh,
+        image_size=image_size, reuse=not fresh, profile=profile,
     )
     paths = list(_write_outputs(target, lambda path_for: write_evaluation(result, path_for)))
     if as_json:
@@ -220,6 +221,8 @@ def _print_evaluation(result: Any, paths: list[Path]) -> None:
     table = per_class_table(result)
     if table is not None:
         stdout_console.print(table)
+    if result.cost is not None:
+        console.print(f"cost: {result.cost.summary()}", markup=False)
     if paths:
         console.print("wrote " + " and ".join(f"[bold]{_escape(str(p))}[/]" for p in paths))
 
@@ -456,7 +459,9 @@ def _print_run(result: Any) -> None:
     if result.teacher is not None:
         stdout_console.print(evaluation_table(result.teacher, role="teacher"))
     if result.comparison is not None:
-        for line in verdicts(result.comparison):
+        from .render.markdown import cost_lines
+
+        for line in [*verdicts(result.comparison), *cost_lines(result.comparison)]:
             console.print(line, markup=False)
     names = sorted(p.name for p in result.out_dir.iterdir() if not p.name.startswith("."))
     console.print(f"wrote {_escape(str(result.out_dir))}/: " + ", ".join(names), markup=False)

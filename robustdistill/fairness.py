@@ -74,6 +74,7 @@ import torch
 from .runtime import versions
 from .units import format_fraction
 from .errors import UsageError
+from .cost import CostProfile
 from .evaluation import ATTACKS, EvaluationResult, attack_names
 from .metrics import AttackSummary, ClassScore, PairedTest, headline_attack, paired_test, spread_change_interval
 
@@ -399,19 +400,22 @@ class ModelEntry:
     info: Mapping[str, Any]
     results: Mapping[str, AttackSummary]
     provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    cost: CostProfile | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"label": self.label, "role": self.role, "id": self.id, "seed": self.seed, "info": dict(self.info),
                 "results": {a: s.to_dict() for a, s in self.results.items()},
-                "provenance": {a: dict(p) for a, p in self.provenance.items()}}
+                "provenance": {a: dict(p) for a, p in self.provenance.items()},
+                "cost": self.cost.to_dict() if self.cost is not None else None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelEntry":
         """Rebuild from :meth:`to_dict` output (or its JSON)."""
         return cls(data["label"], data["role"], data["id"], int(data["seed"]), dict(data.get("info", {})),
                    {a: AttackSummary.from_dict(s) for a, s in data["results"].items()},
-                   dict(data.get("provenance") or {}))
+                   dict(data.get("provenance") or {}),
+                   CostProfile.from_dict(data["cost"]) if data.get("cost") else None)
 
 
 @dataclass(frozen=True)
@@ -575,7 +579,7 @@ def compare_attack(ref: AttackSummary, stu: AttackSummary, class_names: Sequence
 def _model_entry(label: str, role: str, result: EvaluationResult, attacks: Sequence[str]) -> ModelEntry:
     return ModelEntry(label, role, result.model_id, result.settings.seed, dict(result.model_info),
                       {a: result.summary(a) for a in attacks},
-                      {a: dict(result.provenance[a]) for a in attacks if a in result.provenance})
+                      {a: dict(result.provenance[a]) for a in attacks if a in result.provenance}, result.cost)
 
 
 def _student_comparison(ref: tuple[ModelEntry, EvaluationResult], stu: tuple[ModelEntry, EvaluationResult],

@@ -18,7 +18,7 @@ from . import config as C
 from .fileio import sha256_file
 from .runtime import select_device
 from .units import format_fraction
-from .api import describe_model, open_model
+from .api import describe_model, open_model, with_cost
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
 from .errors import RunDirError, UsageError
@@ -204,20 +204,21 @@ def _write_config(prep: Prepared) -> None:
 
 
 def _evaluate_final(prep: Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str,
-                    reuse: bool = False) -> EvaluationResult:
+                    file: Path | None, reuse: bool = False) -> EvaluationResult:
     """Test-split evaluation at the training budget. With ``reuse`` (the teacher), an identical stored
     evaluation is reused instead of attacking again, and a fresh one is stored."""
     e = prep.cfg.evaluation
     settings = eval_settings(float(prep.cfg.method.eps or 0.0), e.seed, aa_version=e.aa_version)
     attacks = [a.name for a in settings.attacks(e.attacks) if not (e.no_aa and a.name == "aa")]
     split = prep.splits.test.head(e.n_examples)
-    return evaluate_or_reuse(
+    result = evaluate_or_reuse(
         model, split, prep.splits.info.class_names, attacks=attacks, settings=settings, model_id=model_id,
         dataset=prep.splits.info.name, model_info=info, reuse=reuse,
         reused_message=f"{description}: reusing the identical evaluation from {{source}}",
         batch_size=e.batch_size, device=prep.device, description=description,
         state_path=prep.run.file(f".{description}-evaluation.partial.json"),  # --resume continues a killed evaluation
     )
+    return with_cost(result, model, file)
 
 
 def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = False, overwrite: bool = False) -> RunResult:
@@ -260,11 +261,13 @@ def _train_and_report(prep: Prepared) -> RunResult:
     if not is_main_process():
         return RunResult(prep.run.path, model_path, report_path, None, None, history, cfg)
     _save_model(prep, model_path)
-    student_eval = _evaluate_final(prep, prep.student, str(model_path), describe_model(str(model_path), prep.student), "student")
+    student_eval = _evaluate_final(prep, prep.student, str(model_path), describe_model(str(model_path), prep.student),
+                                   "student", model_path)
     teacher_eval = None
     if prep.teacher is not None and cfg.teacher.id:
         info = describe_model(cfg.teacher.id, prep.teacher, _teacher_options(cfg))
-        teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher.id, info, "teacher", reuse=True)
+        teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher.id, info, "teacher",
+                                       model_file(cfg.teacher.id, _teacher_options(cfg)), reuse=True)
     comparison = write_run_report(prep, student_eval, teacher_eval, history)
     return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison)
 

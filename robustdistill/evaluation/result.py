@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..cost import CostProfile
 from ..errors import UsageError
 from ..runtime import versions
 from ..units import format_fraction
@@ -43,6 +44,8 @@ class EvaluationResult:
         provenance: per attack, where the number came from: ``{"source": "computed", "computed": time}``
             or the stored evaluation it was reused from.
         implementations: per attack, the code that computed it (library versions included).
+        cost: the model's parameters, MACs, file size and latency (measured when the result was
+            made; not part of what an evaluation cache entry must match).
         sharding: how the work was split (``world_size`` ranks x ``workers`` local processes).
         versions: library versions the numbers were computed with.
         created: when this result was assembled (UTC).
@@ -61,6 +64,7 @@ class EvaluationResult:
     provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     sharding: Mapping[str, int] = field(default_factory=lambda: {"world_size": 1, "workers": 1})
     implementations: Mapping[str, str] = field(default_factory=dict)
+    cost: CostProfile | None = None
     versions: Mapping[str, str] = field(default_factory=versions)
     created: str = field(default_factory=now_utc)
 
@@ -118,6 +122,7 @@ class EvaluationResult:
             "seconds": dict(self.seconds),
             "provenance": {a: dict(p) for a, p in self.provenance.items()},
             "sharding": dict(self.sharding),
+            "cost": self.cost.to_dict() if self.cost is not None else None,
             "per_sample": {"labels": self.labels.tolist(),
                            "correct": {a: _bits(c) for a, c in self.correct.items()}},
             "versions": dict(self.versions),
@@ -146,6 +151,7 @@ class EvaluationResult:
             provenance=dict(report.get("provenance", {})), sharding=dict(report.get("sharding") or {"world_size": 1, "workers": 1}),
             versions=dict(report.get("versions", {})), created=str(report.get("created", "")),
             implementations=_implementations(report, correct, legacy),
+            cost=CostProfile.from_dict(report["cost"]) if report.get("cost") else None,
         )
 
 

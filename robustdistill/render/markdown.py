@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..cost import retention_sentence
 from ..evaluation import EvaluationResult
 from ..fairness import AttackComparison, Comparison
 from ..metrics import AttackSummary, wilson_interval
@@ -115,6 +116,8 @@ def evaluation_markdown(result: EvaluationResult, heading: str | None = None, pr
              *_provenance_block(origin, labels), "", *_summary_rows(summaries, labels), "",
              "Per-class accuracy (%) and its 95 % Wilson interval:", "",
              *_class_rows(result.class_names, summaries, labels), "", _attacks_line(params, result.settings.eps), NSD_NOTE]
+    if result.cost is not None:
+        lines += ["", f"Cost: {result.cost.summary()}."]
     return "\n".join(lines) + "\n"
 
 
@@ -122,6 +125,23 @@ def evaluation_document(result: EvaluationResult, provenance: Provenance | None 
     """report.md of ``robustdistill evaluate``: a first line stating model, data, n and eps, then the section."""
     return (f"# Robustness of {result.model_id} on {result_scope(result)}\n\n"
             + evaluation_markdown(result, heading="Results", provenance=provenance))
+
+
+def cost_lines(comparison: Comparison) -> list[str]:
+    """Per student, robustness kept against cost: "student keeps 78 % of teacher's worst-class AutoAttack at
+    1/4 of its MACs" (headline attack; only when both models were profiled)."""
+    ref, head = comparison.models[0], comparison.headline_attack
+    if ref.cost is None:
+        return []
+    label = attack_label(head, comparison.settings.attacks[head])
+    out = []
+    for student in comparison.models[1:]:
+        if student.cost is None:
+            continue
+        kept = retention_sentence(ref.cost, student.cost, ref.results[head].worst_class.accuracy or 0.0,
+                                  student.results[head].worst_class.accuracy or 0.0, metric=f"worst-class {label}")
+        out.append(kept.replace("the student", student.label, 1).replace("the teacher's", f"{ref.label}'s", 1) + ".")
+    return out
 
 
 def run_markdown(header: RunHeader, student: EvaluationResult, teacher: EvaluationResult | None = None,
@@ -145,7 +165,7 @@ def run_markdown(header: RunHeader, student: EvaluationResult, teacher: Evaluati
     if teacher is not None:
         lines.append(evaluation_markdown(teacher, "Teacher", provenance.get("teacher")))
     if comparison is not None:
-        lines += ["## Robust fairness: student vs teacher", "", *verdicts(comparison), "",
+        lines += ["## Robust fairness: student vs teacher", "", *verdicts(comparison), *cost_lines(comparison), "",
                   "Class-by-class tables and plots: [fairness.md](fairness.md).", ""]
     return "\n".join(lines)
 
@@ -223,7 +243,7 @@ def fairness_markdown(comparison: Comparison, images: Sequence[Path] = (), prove
              f"Reference: **{comparison.reference}**. Dataset **{d.dataset}** ({d.split} split, first {d.n_examples} "
              f"examples, {len(d.class_names)} classes), L∞ eps = {eps_text(s.eps)}. "
              f"Headline attack: {attack_label(head, s.attacks[head])}.", "", "## Verdict", ""]
-    lines += [f"- {v}" for v in verdicts(comparison)]
+    lines += [f"- {v}" for v in [*verdicts(comparison), *cost_lines(comparison)]]
     many = len(d.class_names) > 20
     for attack, params in s.attacks.items():
         label = attack_label(attack, params)
