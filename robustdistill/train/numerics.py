@@ -63,10 +63,33 @@ def cpu_has_native_bf16() -> bool:
 
 
 def forward_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one image through ``model`` (counted on one real forward pass)."""
-    from ..cost import count_macs
+    """Multiply-accumulates of one image through the convolutions and linear layers of ``model``.
 
-    return count_macs(model, input_size)
+    Counted with forward hooks on one zero image (milliseconds; ``cost.count_macs``, which counts
+    every matrix product with torch's FlopCounterMode, is exact but costs seconds to set up - too
+    much for a decision made at every start). Eval mode and a private RNG leave the model as it was.
+    """
+    from ..modes import eval_mode
+    from ..rng import forked_rng
+
+    total = [0]
+
+    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            total[0] += module.in_features * module.out_features * (output.numel() // module.out_features)
+        else:  # a convolution: per output element, in_channels / groups x kernel size
+            total[0] += output.numel() * (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    handles = [m.register_forward_hook(count) for m in layers]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with eval_mode(model), forked_rng(device), torch.no_grad():
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
 
 
 def _bf16_ok(device: torch.device, macs: int) -> tuple[bool, str]:
