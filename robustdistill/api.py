@@ -153,9 +153,8 @@ def evaluate(
     """
     _check_args(model, batch_size, n_examples, seed)
     opts = model_options(options)
-    wanted = attack_names(attacks)
-    given_eps = parse_budget(eps) if eps is not None else None  # every explicit value is checked first
-    step = parse_budget(step_size, "step size") if step_size is not None else None
+    # every explicit value is checked first, then the data and the model, then the eps rule
+    wanted, given_eps, step = attack_names(attacks), _budget(eps, "eps"), _budget(step_size, "step size")
     identifier = model if isinstance(model, str) else (model_id or model.spec.source or "model")
     splits = splits or _load_splits(model, dataset, data_dir, download, image_size, opts)
     data = splits.split(split or splits.default_eval_split).head(n_examples)
@@ -173,8 +172,7 @@ def evaluate(
         reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
         state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
     )
-    file = model_file(model, opts) if isinstance(model, str) else None
-    return with_cost(result, net, file) if profile else result
+    return with_cost(result, net, model_file(model, opts) if isinstance(model, str) else None) if profile else result
 
 
 def with_cost(result: EvaluationResult, model: Any, file: Path | None) -> EvaluationResult:
@@ -186,6 +184,10 @@ def with_cost(result: EvaluationResult, model: Any, file: Path | None) -> Evalua
     with eval_mode(model):
         cost = cost_profile(model, file=path, warmup=2, min_repeats=5, min_seconds=0.2)
     return dataclasses.replace(result, cost=cost)
+
+
+def _budget(value: float | str | None, name: str) -> float | None:
+    return parse_budget(value, name) if value is not None else None
 
 
 def _open_for(model: str | Classifier, splits: DatasetSplits, options: ModelOptions, attacks: Sequence[str],

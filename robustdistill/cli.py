@@ -25,7 +25,7 @@ import click
 import typer
 
 from .errors import RobustDistillError
-from .progress import console, set_quiet, stdout_console
+from .progress import console, error_console, set_quiet, stdout_console
 
 app = typer.Typer(
     name="robustdistill",
@@ -38,7 +38,7 @@ app = typer.Typer(
 _state = {"debug": os.environ.get("ROBUSTDISTILL_DEBUG") == "1"}
 F = TypeVar("F", bound=Callable[..., Any])
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    error_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -73,6 +73,8 @@ def handle_errors(fn: F) -> F:
                 raise
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             _fail(_escape(f"unexpected {type(exc).__name__}: {first} (re-run with --debug for the traceback)"))
+        finally:
+            set_quiet(False)  # --quiet / --json last one command (the CLI can run in-process)
 
     return wrapper  # type: ignore[return-value]
 
@@ -602,5 +604,5 @@ def _usage_error(exc: Exception) -> int:
         return code
     where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-    console.print(f"[bold red]error:[/] {_escape(' '.join(message.split()))}{where}", highlight=False)
+    error_console.print(f"[bold red]error:[/] {_escape(' '.join(message.split()))}{where}", highlight=False)
     return code

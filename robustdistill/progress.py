@@ -22,9 +22,11 @@ from rich.progress import (
 # soft_wrap: long lines (paths, verdicts) are never cut or re-wrapped in a log file.
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout_console = Console(highlight=False, soft_wrap=True)
+#: Errors: printed even under --quiet / --json.
+error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _quiet = {"on": False}
 
-__all__ = ["Progress", "console", "is_main_process", "make_progress", "set_quiet", "stdout_console"]
+__all__ = ["Progress", "console", "error_console", "is_main_process", "make_progress", "set_quiet", "stdout_console"]
 
 
 def set_quiet(quiet: bool) -> None:
