@@ -112,27 +112,12 @@ def _check_args(model: Any, batch_size: Any, n_examples: Any, seed: Any) -> None
 
 
 def evaluate(
-    model: str | Classifier,
-    *,
-    dataset: str | None = None,
-    data_dir: str | Path | None = None,
-    split: str | None = None,
-    attacks: str | Sequence[str] = ("clean", "pgd"),
-    eps: float | str | None = None,
-    n_examples: int | None = None,
-    batch_size: int = 256,
-    device: str | None = None,
-    seed: int = 0,
-    pgd_steps: int | None = None,
-    step_size: float | str | None = None,
-    attack_params: Mapping[str, Any] | None = None,
-    options: ModelOptions | Mapping[str, Any] | None = None,
-    download: bool = False,
-    image_size: int | None = None,
-    splits: DatasetSplits | None = None,
-    model_id: str | None = None,
-    reuse: bool = True,
-    profile: bool = True,
+    model: str | Classifier, *, dataset: str | None = None, data_dir: str | Path | None = None,
+    split: str | None = None, attacks: str | Sequence[str] = ("clean", "pgd"), eps: float | str | None = None,
+    n_examples: int | None = None, batch_size: int = 256, device: str | None = None, seed: int = 0,
+    pgd_steps: int | None = None, step_size: float | str | None = None, attack_params: Mapping[str, Any] | None = None,
+    options: ModelOptions | Mapping[str, Any] | None = None, download: bool = False, image_size: int | None = None,
+    splits: DatasetSplits | None = None, model_id: str | None = None, reuse: bool = True, profile: bool = True,
 ) -> EvaluationResult:
     """Evaluate a model with exact per-class results (the Python twin of ``robustdistill evaluate``).
 
