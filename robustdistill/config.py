@@ -97,14 +97,18 @@ class TeacherSection:
     weights: str | None = option(None, "teacher_weights", commands=DISTILL, help="Local weights for a timm:NAME teacher.")
     model_dir: str | None = option(None, "model_dir", commands=DISTILL, default_text="./models",
                                    help="RobustBench cache root (MODEL_DIR/DATASET/THREAT/NAME.pt); env ROBUSTDISTILL_MODEL_DIR.")
+    natural: str | None = option(None, "natural_teacher", commands=DISTILL,
+                                 help="Naturally trained second teacher of mtard / fair-mtard (any model identifier, "
+                                      "e.g. the teacher.safetensors of `train-teacher --method standard`).")
 
 
 @dataclass(frozen=True)
 class StudentSection:
     arch: str = option("tiny_cnn", "student", "--student", "-s", flags_by_command={"train-teacher": ("--arch",)},
                        help="Architecture to train (see `robustdistill list students`).")
-    weights: str | None = option(None, "student_weights", commands=DISTILL,
-                                 help="Initialise the student from these weights (e.g. a pre-trained timm model).")
+    weights: str | None = option(None, "student_weights", "--student-weights", "--init",
+                                 help="Initialise the trained model from these weights (a pre-trained timm model; "
+                                      "FRL's robust hot start, e.g. a `train-teacher --method trades` run's model).")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class TrainSection:
     batch_size: int | None = option(None, "batch_size", "--batch-size", "-b", default_text="the dataset's",
                                     help="Training batch size per process.")
     optimizer: str = option("sgd", "optimizer", help="Optimizer: sgd or adamw.")
-    lr: float = option(0.1, "lr", help="Peak learning rate.")
+    lr: float | None = option(None, "lr", default_text="the method's (0.1; frl 1e-3)", help="Peak learning rate.")
     momentum: float = option(0.9, "momentum", help="SGD momentum.")
     weight_decay: float | None = option(None, "weight_decay", default_text="the method's", help="Weight decay.")
     nesterov: bool = option(False, "nesterov", "--nesterov/--no-nesterov",
@@ -136,8 +140,9 @@ class TrainSection:
     amp: Literal["none", "bf16", "fp16"] = option("none", "amp", help="Autocast: none, bf16 or fp16.")
     channels_last: bool = option(False, "channels_last", help="channels_last memory format.")
     seed: int = option(0, "seed", help="Seed of the initial weights, data order, augmentation and attacks.")
-    select: Literal["last", "best-val"] = option("last", "select",
-                                                 help="Report the last epoch, or the best on validation PGD (best-val).")
+    select: Literal["last", "best-val", "fair"] = option(
+        "last", "select", help="Report the last epoch, the best on validation PGD (best-val), or Fair-ARD's rule (fair): "
+                               "the best mean of average and worst-class validation PGD accuracy.")
     val_pgd_steps: int = option(10, "val_pgd_steps", help="PGD steps of the per-epoch validation.")
 
 

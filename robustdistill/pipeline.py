@@ -50,6 +50,7 @@ class RunResult:
     history: list[dict[str, Any]]
     config: RunConfig
     comparison: Comparison | None = None
+    natural_teacher: EvaluationResult | None = None
 
     def summary(self) -> dict[str, Any]:
         """Overall and worst-class accuracy per attack, for scripts (``--json``)."""
@@ -59,8 +60,11 @@ class RunResult:
             return {a: {"accuracy": result.accuracy(a), "worst_class": result.summary(a).worst_class.to_dict()}
                     for a in result.correct}
 
-        return {"out_dir": str(self.out_dir), "model": str(self.student_path), "report": str(self.report_path),
-                "eps": self.config.method.eps, "student": brief(self.student), "teacher": brief(self.teacher)}
+        out = {"out_dir": str(self.out_dir), "model": str(self.student_path), "report": str(self.report_path),
+               "eps": self.config.method.eps, "student": brief(self.student), "teacher": brief(self.teacher)}
+        if self.natural_teacher is not None:
+            out["natural_teacher"] = brief(self.natural_teacher)
+        return out
 
 
 DistillResult = RunResult  # the name robustdistill 0.1 exported
@@ -90,6 +94,7 @@ class Prepared:
     run: RunDir
     device: torch.device
     teacher_meta: dict[str, str]
+    extra_teachers: dict[str, Classifier]
 
 
 def _teacher_options(cfg: RunConfig) -> ModelOptions:
@@ -102,6 +107,17 @@ def _load_teacher(cfg: RunConfig, splits: DatasetSplits) -> Classifier | None:
     return freeze(open_model(cfg.teacher.id, splits, _teacher_options(cfg), role="teacher"))
 
 
+def _natural_options(cfg: RunConfig) -> ModelOptions:
+    return ModelOptions(model_dir=cfg.teacher.model_dir)
+
+
+def _load_extra_teachers(cfg: RunConfig, splits: DatasetSplits) -> dict[str, Classifier]:
+    """MTARD's natural teacher, checked against the data (classes, channels, size) like the robust one."""
+    if not cfg.teacher.natural:
+        return {}
+    return {"natural": freeze(open_model(cfg.teacher.natural, splits, _natural_options(cfg), role="natural teacher"))}
+
+
 def _build_student(cfg: RunConfig, splits: DatasetSplits) -> Classifier:
     """The student's initial weights depend on the seed only (same run, same start; identical on every rank)."""
     with torch.random.fork_rng(devices=[]):
@@ -110,12 +126,18 @@ def _build_student(cfg: RunConfig, splits: DatasetSplits) -> Classifier:
 
 
 def _teacher_meta(cfg: RunConfig) -> dict[str, str]:
-    if not cfg.teacher.id:
-        return {}
-    meta = {"teacher": cfg.teacher.id}
-    path = model_file(cfg.teacher.id, _teacher_options(cfg))
-    if path is not None and Path(path).is_file():
-        meta["teacher_sha256"] = sha256_file(path)
+    """Identifier and file sha256 of each teacher and of the initial weights (a resume must use the same files)."""
+    meta: dict[str, str] = {}
+    for key, identifier, options in (("teacher", cfg.teacher.id, _teacher_options(cfg)),
+                                     ("natural_teacher", cfg.teacher.natural, _natural_options(cfg))):
+        if not identifier:
+            continue
+        meta[key] = identifier
+        path = model_file(identifier, options)
+        if path is not None and Path(path).is_file():
+            meta[f"{key}_sha256"] = sha256_file(path)
+    if cfg.student.weights and Path(cfg.student.weights).is_file():
+        meta["init_sha256"] = sha256_file(cfg.student.weights)
     return meta
 
 
@@ -137,6 +159,7 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     splits = load_dataset(str(cfg.data.name), cfg.data.dir, download=cfg.data.download,
                           image_size=cfg.data.image_size, val_size=cfg.data.val_size)
     teacher = _load_teacher(cfg, splits)
+    extra_teachers = _load_extra_teachers(cfg, splits)
     student = _build_student(cfg, splits)
     attack = AttackSettings(eps=float(cfg.method.eps or 0.0), step_size=float(cfg.method.attack_step or 0.0),
                             steps=cfg.method.attack_steps)
@@ -148,11 +171,12 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     trainer = Trainer(
         student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info, config=train_config(cfg),
         device=device, run_dir=run, eval_settings=eval_settings(float(cfg.method.eps or 0.0)),
-        run_config={**cfg.to_dict(), "teacher_sha256": teacher_meta.get("teacher_sha256")},
+        run_config={**cfg.to_dict(), **{k: v for k, v in teacher_meta.items() if k.endswith("_sha256")}},
+        extra_teachers=extra_teachers,
     )
     if state is not None:
         trainer.resume_from(state, run / "checkpoint.pt")
-    return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta)
+    return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta, extra_teachers)
 
 
 def _saved_state(run: RunDir, teacher_meta: Mapping[str, str]) -> dict[str, Any] | None:
@@ -174,11 +198,13 @@ def _claim(run: RunDir, *, resume: bool, overwrite: bool) -> None:
 
 
 def _check_same_teacher(saved: Mapping[str, Any], teacher_meta: Mapping[str, str], run: RunDir) -> None:
-    """A resumed run must distil from the very teacher file it started with."""
-    before, now = saved.get("teacher_sha256"), teacher_meta.get("teacher_sha256")
-    if before and now and before != now:
-        raise RunDirError(f"the teacher file changed since the run in {run.path} started (sha256 {before[:12]}... is now "
-                          f"{now[:12]}...); resume with the original teacher or start a new --out")
+    """A resumed run must distil from the very teacher files (and start from the initial weights) it started with."""
+    for key, what in (("teacher_sha256", "teacher"), ("natural_teacher_sha256", "natural teacher"),
+                      ("init_sha256", "initial weights (--init)")):
+        before, now = saved.get(key), teacher_meta.get(key)
+        if before and now and before != now:
+            raise RunDirError(f"the {what} file changed since the run in {run.path} started (sha256 {before[:12]}... is "
+                              f"now {now[:12]}...); resume with the original file or start a new --out")
 
 
 def _write_config(prep: Prepared) -> None:
@@ -221,7 +247,8 @@ def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = Fal
 def _announce(prep: Prepared) -> None:
     cfg = prep.cfg
     if is_main_process():
-        console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
+        natural = f" + natural {cfg.teacher.natural}" if cfg.teacher.natural else ""
+        console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'}{natural} → {cfg.student.arch} on "
                       f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
                       f"device {prep.device}; run directory [bold]{prep.run.path}[/]")
 
@@ -246,12 +273,17 @@ def _train_and_report(prep: Prepared) -> RunResult:
         return RunResult(prep.run.path, model_path, report_path, None, None, history, cfg)
     _save_model(prep, model_path)
     student_eval = _evaluate_final(prep, prep.student, str(model_path), describe_model(str(model_path), prep.student), "student")
-    teacher_eval = None
+    teacher_eval = natural_eval = None
     if prep.teacher is not None and cfg.teacher.id:
         info = describe_model(cfg.teacher.id, prep.teacher, _teacher_options(cfg))
         teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher.id, info, "teacher", reuse=True)
-    comparison = write_run_report(prep, student_eval, teacher_eval, history)
-    return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison)
+    if "natural" in prep.extra_teachers and cfg.teacher.natural:
+        natural = prep.extra_teachers["natural"]
+        info = describe_model(cfg.teacher.natural, natural, _natural_options(cfg))
+        natural_eval = _evaluate_final(prep, natural, cfg.teacher.natural, info, "natural-teacher", reuse=True)
+    comparison = write_run_report(prep, student_eval, teacher_eval, history, natural_eval)
+    return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison,
+                     natural_eval)
 
 
 def _fit(prep: Prepared) -> list[dict[str, Any]]:
@@ -278,14 +310,17 @@ def _save_model(prep: Prepared, path: Path) -> None:
 def _provenance(cfg: RunConfig) -> str:
     """``ModelSpec.source`` of a trained model: how it was made."""
     what = f"(eps {format_fraction(float(cfg.method.eps or 0))}, seed {cfg.train.seed})"
+    extra = (f" --natural-teacher {cfg.teacher.natural}" if cfg.teacher.natural else "") + (
+        f" --init {cfg.student.weights}" if cfg.student.weights else "")
     if cfg.teacher.id:
-        return f"robustdistill distill --method {cfg.method.name} --teacher {cfg.teacher.id} {what}"
-    return f"robustdistill train-teacher --method {cfg.method.name} {what}"
+        return f"robustdistill distill --method {cfg.method.name} --teacher {cfg.teacher.id}{extra} {what}"
+    return f"robustdistill train-teacher --method {cfg.method.name}{extra} {what}"
 
 
 def write_run_report(prep: Prepared, student: EvaluationResult, teacher: EvaluationResult | None,
-                     history: list[dict[str, Any]]) -> Comparison | None:
-    """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher)."""
+                     history: list[dict[str, Any]], natural_teacher: EvaluationResult | None = None) -> Comparison | None:
+    """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher; MTARD's
+    natural teacher is evaluated, reported and compared with the robust teacher as well)."""
     from .render import RunHeader, write_run_files
 
     cfg, selected = prep.cfg, prep.trainer.selected_epoch
@@ -297,10 +332,14 @@ def write_run_report(prep: Prepared, student: EvaluationResult, teacher: Evaluat
         "student": student.to_dict(),
         "teacher": teacher.to_dict() if teacher is not None else None,
     }
-    comparison = compare([("teacher", teacher), ("student", student)]) if teacher is not None else None
+    entries = [("teacher", teacher), ("student", student)] if teacher is not None else []
+    if natural_teacher is not None:
+        report["natural_teacher"] = natural_teacher.to_dict()
+        entries.append(("natural teacher", natural_teacher))
+    comparison = compare(entries) if entries else None  # type: ignore[arg-type]
     header = RunHeader(cfg.method.name, cfg.teacher.id, cfg.student.arch, len(history), cfg.train.seed,
-                       _selection_text(cfg.train.select, selected, history))
-    write_run_files(prep.run.file, report, header, student, teacher, comparison)
+                       _selection_text(cfg.train.select, selected, history), cfg.teacher.natural)
+    write_run_files(prep.run.file, report, header, student, teacher, comparison, natural_teacher=natural_teacher)
     return comparison
 
 
@@ -311,9 +350,15 @@ def _validation(history: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
 
 
 def _selection_text(select: str, epoch: int, history: list[dict[str, Any]]) -> str:
-    if select != "best-val":
+    if select == "last":
         return f"last epoch ({epoch})"
-    val = _validation(history, epoch).get("val_pgd")
+    record = _validation(history, epoch)
+    val, worst = record.get("val_pgd"), record.get("val_pgd_worst")
+    if select == "fair":
+        shown = (f", validation PGD accuracy {val:.1%}, worst class {worst:.1%}, mean {(val + worst) / 2:.1%}"
+                 if isinstance(val, float) and isinstance(worst, float) else "")
+        return (f"fair: epoch {epoch} of {len(history)}, the highest mean of average and worst-class validation PGD "
+                f"accuracy (Fair-ARD's rule){shown}")
     shown = f", validation PGD accuracy {val:.1%}" if isinstance(val, float) else ""
     return f"best-val: epoch {epoch} of {len(history)}, the best on validation PGD accuracy{shown}"
 
