@@ -21,11 +21,11 @@ from .units import format_fraction
 from .api import describe_model, open_model
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
-from .errors import RunDirError, UsageError
+from .errors import ModelError, RunDirError, UsageError
 from .evaluation import EvaluationResult, eval_settings
 from .evaluation.cache import evaluate_or_reuse
 from .methods import AttackSettings, build_strategy
-from .models import Classifier, ModelOptions, build_student, freeze, model_file, save_classifier
+from .models import Classifier, ModelOptions, build_student, freeze, model_file, read_metadata, save_classifier
 from .progress import console, is_main_process
 from .resolve import COMMAND_DEFAULTS, new_config, resume_config
 from .fairness import Comparison, compare
@@ -118,11 +118,31 @@ def _load_extra_teachers(cfg: RunConfig, splits: DatasetSplits) -> dict[str, Cla
     return {"natural": freeze(open_model(cfg.teacher.natural, splits, _natural_options(cfg), role="natural teacher"))}
 
 
+def _initial_model(cfg: RunConfig, splits: DatasetSplits) -> Classifier | None:
+    """``--init`` / ``--student-weights`` when it is a robustdistill model file (e.g. FRL's hot start from
+    ``train-teacher``), checked against the data and the architecture; ``None`` for other weight files."""
+    path = cfg.student.weights
+    if not path or not str(path).lower().endswith(".safetensors") or not Path(path).is_file():
+        return None
+    if "robustdistill.spec" not in read_metadata(path):
+        return None
+    model = open_model(str(path), splits, role="initial model (--init)")
+    if model.spec.arch != cfg.student.arch:
+        raise ModelError(f"the initial model {path} is a {model.spec.arch}, but the run trains a {cfg.student.arch}; "
+                         f"train a {model.spec.arch} or start from a {cfg.student.arch}")
+    return model
+
+
 def _build_student(cfg: RunConfig, splits: DatasetSplits) -> Classifier:
-    """The student's initial weights depend on the seed only (same run, same start; identical on every rank)."""
+    """The student's initial weights depend on the seed only (same run, same start; identical on every rank),
+    or are those of ``--init`` (a robustdistill model of the same architecture, or plain weights)."""
+    initial = _initial_model(cfg, splits)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        return build_student(cfg.student.arch, splits.info.hint(), weights=cfg.student.weights)
+        student = build_student(cfg.student.arch, splits.info.hint(), weights=None if initial else cfg.student.weights)
+    if initial is not None:
+        student.load_state_dict(initial.state_dict())
+    return student
 
 
 def _teacher_meta(cfg: RunConfig) -> dict[str, str]:
