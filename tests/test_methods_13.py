@@ -611,3 +611,30 @@ def test_api_train_teacher_standard_gives_a_natural_teacher(tmp_path):
     assert report["run"]["config"]["method"]["name"] == "standard"
     assert math.isfinite(json.loads((tmp_path / "nat" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"])
     assert Path(tmp_path / "nat" / "teacher.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- the example configs
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
+SHORT = ["--epochs", "1", "--attack-steps", "2", "--val-pgd-steps", "2", "--eval-attacks", "clean",
+         "--eval-n-examples", "20", "--device", "cpu"]
+
+
+def test_the_new_example_configs_run_in_their_documented_order(tmp_path, monkeypatch, cli):
+    """standard-digits.toml makes the natural teacher mtard.toml reads; a TRADES run makes frl.toml's hot start."""
+    monkeypatch.chdir(tmp_path)
+    steps = [("train-teacher", "standard-digits.toml", []),
+             ("distill", "mtard.toml", ["--out", "runs/mtard"]),
+             ("train-teacher", None, ["--method", "trades", "--arch", "tiny_cnn", "--dataset", "digits",
+                                      "--out", "runs/digits-trades"]),
+             ("train-teacher", "frl.toml", []), ("train-teacher", "cfa.toml", [])]
+    for command, config, extra in steps:
+        args = [command, *(["--config", EXAMPLES / config] if config else []), *SHORT, *extra]
+        result = cli(*args)
+        assert result.exit_code == 0, (config, result.output)
+    mtard = json.loads((tmp_path / "runs" / "mtard" / "report.json").read_text())["run"]["config"]
+    assert mtard["teacher"]["natural"] == "runs/digits-natural/teacher.safetensors" and mtard["train"]["select"] == "fair"
+    frl = json.loads((tmp_path / "runs" / "digits-frl" / "report.json").read_text())["run"]["config"]
+    assert frl["method"]["params"]["variant"] == "reweight-remargin" and frl["method"]["params"]["tau_clean"] == 0.07
+    assert frl["student"]["weights"] == "runs/digits-trades/teacher.safetensors"
+    cfa = json.loads((tmp_path / "runs" / "digits-cfa" / "report.json").read_text())["run"]["config"]
+    assert cfa["method"]["params"]["fawa_threshold"] == 0.2 and cfa["method"]["name"] == "cfa"
