@@ -430,7 +430,9 @@ def train_teacher(
     arch: str | None = None, method: str | None = None, *, resume: bool = False, overwrite: bool = False,
     config: str | Path | None = None, **options: Any,
 ) -> RunResult:
-    """Adversarially train ``arch`` (default ``small_cnn``) with PGD-AT ``at`` (default) or ``trades``.
+    """Train ``arch`` (default ``small_cnn``) without a teacher: PGD-AT ``at`` (default), ``trades``, the
+    robust-fairness methods ``frl`` (needs ``student_weights=`` a robust model: its hot start) and ``cfa``,
+    or ``standard`` (clean cross-entropy: e.g. MTARD's natural teacher).
 
     The Python twin of ``robustdistill train-teacher``; options as for :func:`distill`.
     """
