@@ -399,7 +399,8 @@ def markdown(result: dict[str, Any], teachers: dict[str, Any], meta: dict[str, A
             f"## Paired comparisons (worst-class and average {label}, by seed)", "", *pair_lines(result["pairs"]), "",
             "Same seed = same initial weights, data order and attack noise, so differences are paired by seed; the "
             "interval is the 95 % paired-t interval of the mean difference. verdict: better / worse when that interval "
-            "excludes 0, identical when every seed's difference is 0, else within noise. McNemar: exact test on the same test samples, per seed, p < 0.05.", "",
+            "excludes 0, identical when every seed's difference is 0, else within noise. McNemar: exact test on the "
+            "same test samples, per seed, p < 0.05.", "",
             "Not distinguishable from seed noise (within noise, identical, or one seed only): "
             + (", ".join(within) or "none") + ".", "",
             "## The Fair-ARD paper's ranking claim on this data", "", *result["claim"], ""]

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 from ..errors import UsageError
 from ..params import build_params, defaults, field_types
 # Registration order is the order of `robustdistill list methods`.
-from . import ard, rslad, iad, kdiga, adaad, kd, mtard, absld, adversarial, standard, frl, cfa  # noqa: F401, I001 - the built-in methods register themselves
+from . import ard, rslad, iad, kdiga, adaad, kd, mtard, absld  # noqa: F401, I001 - the built-in methods register themselves
+from . import adversarial, standard, frl, cfa  # noqa: F401, I001 - teacher-free ones
 from .base import AttackOutput, AttackSettings, ClassCounts, RunContext, Strategy, ValidationNeed, weighted_mean
 from .fair import FairStrategy, class_weights
 from .spec import (

@@ -101,7 +101,8 @@ class CFA(Strategy):
             require(self.beta >= 0, f"cfa: beta must be >= 0, got {self.beta}")
             require(0.0 <= self.calibrate_from <= 1.0, f"cfa: calibrate_from is a fraction in [0, 1], got {self.calibrate_from}")
             require(0.0 <= self.fawa_decay <= 1.0, f"cfa: fawa_decay must be in [0, 1], got {self.fawa_decay}")
-            require(self.trades_form in ("normalised", "standard"), f"cfa: trades_form must be normalised or standard, got {self.trades_form!r}")
+            require(self.trades_form in ("normalised", "standard"),
+                    f"cfa: trades_form must be normalised or standard, got {self.trades_form!r}")
             require(self.attack_bn in ("eval", "train"), f"cfa: attack_bn must be eval or train, got {self.attack_bn!r}")
             require(self.fawa_pgd_steps >= 1, f"cfa: fawa_pgd_steps must be >= 1, got {self.fawa_pgd_steps}")
 

@@ -133,7 +133,8 @@ class FRL(Strategy):
             require(self.rate_halve_every >= 1, f"frl: rate_halve_every must be >= 1, got {self.rate_halve_every}")
             require(0 < self.margin_min <= 1 <= self.margin_max,
                     f"frl: need 0 < margin_min <= 1 <= margin_max, got {self.margin_min}, {self.margin_max}")
-            require(self.step_rule in ("fixed", "max-eps-quarter"), f"frl: step_rule must be fixed or max-eps-quarter, got {self.step_rule!r}")
+            require(self.step_rule in ("fixed", "max-eps-quarter"),
+                    f"frl: step_rule must be fixed or max-eps-quarter, got {self.step_rule!r}")
             require(self.multiplier_pgd_steps >= 1, f"frl: multiplier_pgd_steps must be >= 1, got {self.multiplier_pgd_steps}")
 
     def __init__(self, params: Any = None, attack: Any = None, num_classes: int = 10) -> None:
