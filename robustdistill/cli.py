@@ -460,6 +460,8 @@ def _print_run(result: Any) -> None:
     stdout_console.print(evaluation_table(result.student, role=role))
     if result.teacher is not None:
         stdout_console.print(evaluation_table(result.teacher, role="teacher"))
+    if result.natural_teacher is not None:  # MTARD's second teacher
+        stdout_console.print(evaluation_table(result.natural_teacher, role="natural teacher"))
     if result.comparison is not None:
         from .render.markdown import cost_lines
 

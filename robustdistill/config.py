@@ -97,14 +97,18 @@ class TeacherSection:
     weights: str | None = option(None, "teacher_weights", commands=DISTILL, help="Local weights for a timm:NAME teacher.")
     model_dir: str | None = option(None, "model_dir", commands=DISTILL, default_text="./models",
                                    help="RobustBench cache root (MODEL_DIR/DATASET/THREAT/NAME.pt); env ROBUSTDISTILL_MODEL_DIR.")
+    natural: str | None = option(None, "natural_teacher", commands=DISTILL,
+                                 help="Naturally trained second teacher of mtard / fair-mtard (any model identifier, "
+                                      "e.g. the teacher.safetensors of `train-teacher --method standard`).")
 
 
 @dataclass(frozen=True)
 class StudentSection:
     arch: str = option("tiny_cnn", "student", "--student", "-s", flags_by_command={"train-teacher": ("--arch",)},
                        help="Architecture to train (see `robustdistill list students`).")
-    weights: str | None = option(None, "student_weights", commands=DISTILL,
-                                 help="Initialise the student from these weights (e.g. a pre-trained timm model).")
+    weights: str | None = option(None, "student_weights", "--student-weights", "--init",
+                                 help="Initialise the trained model from these weights (a pre-trained timm model; "
+                                      "FRL's robust hot start, e.g. a `train-teacher --method trades` run's model).")
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ class TrainSection:
     batch_size: int | None = option(None, "batch_size", "--batch-size", "-b", default_text="the dataset's",
                                     help="Training batch size per process.")
     optimizer: str = option("sgd", "optimizer", help="Optimizer: sgd or adamw.")
-    lr: float = option(0.1, "lr", help="Peak learning rate.")
+    lr: float | None = option(None, "lr", default_text="the method's (0.1; frl 1e-3)", help="Peak learning rate.")
     momentum: float = option(0.9, "momentum", help="SGD momentum.")
     weight_decay: float | None = option(None, "weight_decay", default_text="the method's", help="Weight decay.")
     nesterov: bool = option(False, "nesterov", "--nesterov/--no-nesterov",
@@ -143,8 +147,9 @@ class TrainSection:
     compile: bool = option(False, "compile", help="torch.compile the student and the teacher (measured: slower on "
                            "CPUs for small models, see benchmarks/results/numeric_path.md).")
     seed: int = option(0, "seed", help="Seed of the initial weights, data order, augmentation and attacks.")
-    select: Literal["last", "best-val"] = option("last", "select",
-                                                 help="Report the last epoch, or the best on validation PGD (best-val).")
+    select: Literal["last", "best-val", "fair"] = option(
+        "last", "select", help="Report the last epoch, the best on validation PGD (best-val), or Fair-ARD's rule (fair): "
+                               "the best mean of average and worst-class validation PGD accuracy.")
     val_pgd_steps: int = option(10, "val_pgd_steps", help="PGD steps of the per-epoch validation.")
 
 
@@ -222,6 +227,19 @@ def iter_options(command: str | None = None) -> Iterator[tuple[str, dataclasses.
 def option_index() -> dict[str, tuple[str, str]]:
     """``{option name: (section, field)}``."""
     return {opt.name: (sec, f.name) for sec, f, opt in iter_options()}
+
+
+def flag_aliases() -> dict[str, str]:
+    """``{long flag name as a key: option name}``, e.g. ``arch`` (train-teacher's ``--arch``) -> ``student``,
+    so a config file may use the words of the command line it replaces."""
+    aliases: dict[str, str] = {}
+    for _sec, _f, opt in iter_options():
+        flags = [*opt.flags, *(f for fl in opt.flags_by_command.values() for f in fl)]
+        for flag in flags:
+            for spelling in flag.split("/"):  # "--nesterov/--no-nesterov": a boolean's two spellings
+                if spelling.startswith("--") and not spelling.startswith("--no-"):
+                    aliases.setdefault(spelling[2:].replace("-", "_"), opt.name)
+    return aliases
 
 
 # --------------------------------------------------------------------------- building
@@ -394,7 +412,7 @@ def options_from_file(data: Mapping[str, Any], source: str) -> tuple[dict[str, A
     """
     from .methods import hyperparameter_names  # the method registry knows every hyperparameter name
 
-    index, hyper = option_index(), hyperparameter_names()
+    index, hyper, aliases = option_index(), hyperparameter_names(), flag_aliases()
     by_field = {(sec, fname): name for name, (sec, fname) in index.items()}
     options: dict[str, Any] = {}
     params: dict[str, Any] = {}
@@ -410,10 +428,12 @@ def options_from_file(data: Mapping[str, Any], source: str) -> tuple[dict[str, A
             params.update(_mapping(value, source, name))
         elif name in index:
             options[name] = value
+        elif name in aliases and name not in hyper:
+            options[aliases[name]] = value
         elif name in hyper:
             params[name] = value
         else:
-            valid = ", ".join(sorted([*index, *SECTIONS, "params"]))
+            valid = ", ".join(sorted({*index, *SECTIONS, "params"}))
             raise UsageError(f"unknown key {key!r} in {source}; valid keys: {valid}, or a method hyperparameter "
                              "(see `robustdistill list methods`)")
     return options, params

@@ -21,11 +21,11 @@ from .units import format_fraction
 from .api import describe_model, open_model, with_cost
 from .config import RunConfig
 from .data import DatasetSplits, load_dataset
-from .errors import RunDirError, UsageError
+from .errors import ModelError, RunDirError, UsageError
 from .evaluation import EvaluationResult, eval_settings
 from .evaluation.cache import evaluate_or_reuse
 from .methods import AttackSettings, build_strategy
-from .models import Classifier, ModelOptions, build_student, freeze, model_file, save_classifier
+from .models import Classifier, ModelOptions, build_student, freeze, model_file, read_metadata, save_classifier
 from .progress import console, is_main_process
 from .resolve import COMMAND_DEFAULTS, new_config, resume_config
 from .fairness import Comparison, compare
@@ -52,6 +52,7 @@ class RunResult:
     history: list[dict[str, Any]]
     config: RunConfig
     comparison: Comparison | None = None
+    natural_teacher: EvaluationResult | None = None
 
     def summary(self) -> dict[str, Any]:
         """Overall and worst-class accuracy per attack, for scripts (``--json``)."""
@@ -61,8 +62,11 @@ class RunResult:
             return {a: {"accuracy": result.accuracy(a), "worst_class": result.summary(a).worst_class.to_dict()}
                     for a in result.correct}
 
-        return {"out_dir": str(self.out_dir), "model": str(self.student_path), "report": str(self.report_path),
-                "eps": self.config.method.eps, "student": brief(self.student), "teacher": brief(self.teacher)}
+        out = {"out_dir": str(self.out_dir), "model": str(self.student_path), "report": str(self.report_path),
+               "eps": self.config.method.eps, "student": brief(self.student), "teacher": brief(self.teacher)}
+        if self.natural_teacher is not None:
+            out["natural_teacher"] = brief(self.natural_teacher)
+        return out
 
 
 DistillResult = RunResult  # the name robustdistill 0.1 exported
@@ -103,6 +107,7 @@ class Prepared:
     device: torch.device
     teacher_meta: dict[str, str]
     numeric: NumericPath
+    extra_teachers: dict[str, Classifier]
 
 
 def _teacher_options(cfg: RunConfig) -> ModelOptions:
@@ -115,20 +120,57 @@ def _load_teacher(cfg: RunConfig, splits: DatasetSplits) -> Classifier | None:
     return freeze(open_model(cfg.teacher.id, splits, _teacher_options(cfg), role="teacher"))
 
 
+def _natural_options(cfg: RunConfig) -> ModelOptions:
+    return ModelOptions(model_dir=cfg.teacher.model_dir)
+
+
+def _load_extra_teachers(cfg: RunConfig, splits: DatasetSplits) -> dict[str, Classifier]:
+    """MTARD's natural teacher, checked against the data (classes, channels, size) like the robust one."""
+    if not cfg.teacher.natural:
+        return {}
+    return {"natural": freeze(open_model(cfg.teacher.natural, splits, _natural_options(cfg), role="natural teacher"))}
+
+
+def _initial_model(cfg: RunConfig, splits: DatasetSplits) -> Classifier | None:
+    """``--init`` / ``--student-weights`` when it is a robustdistill model file (e.g. FRL's hot start from
+    ``train-teacher``), checked against the data and the architecture; ``None`` for other weight files."""
+    path = cfg.student.weights
+    if not path or not str(path).lower().endswith(".safetensors") or not Path(path).is_file():
+        return None
+    if "robustdistill.spec" not in read_metadata(path):
+        return None
+    model = open_model(str(path), splits, role="initial model (--init)")
+    if model.spec.arch != cfg.student.arch:
+        raise ModelError(f"the initial model {path} is a {model.spec.arch}, but the run trains a {cfg.student.arch}; "
+                         f"train a {model.spec.arch} or start from a {cfg.student.arch}")
+    return model
+
+
 def _build_student(cfg: RunConfig, splits: DatasetSplits) -> Classifier:
-    """The student's initial weights depend on the seed only (same run, same start; identical on every rank)."""
+    """The student's initial weights depend on the seed only (same run, same start; identical on every rank),
+    or are those of ``--init`` (a robustdistill model of the same architecture, or plain weights)."""
+    initial = _initial_model(cfg, splits)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        return build_student(cfg.student.arch, splits.info.hint(), weights=cfg.student.weights)
+        student = build_student(cfg.student.arch, splits.info.hint(), weights=None if initial else cfg.student.weights)
+    if initial is not None:
+        student.load_state_dict(initial.state_dict())
+    return student
 
 
 def _teacher_meta(cfg: RunConfig) -> dict[str, str]:
-    if not cfg.teacher.id:
-        return {}
-    meta = {"teacher": cfg.teacher.id}
-    path = model_file(cfg.teacher.id, _teacher_options(cfg))
-    if path is not None and Path(path).is_file():
-        meta["teacher_sha256"] = sha256_file(path)
+    """Identifier and file sha256 of each teacher and of the initial weights (a resume must use the same files)."""
+    meta: dict[str, str] = {}
+    for key, identifier, options in (("teacher", cfg.teacher.id, _teacher_options(cfg)),
+                                     ("natural_teacher", cfg.teacher.natural, _natural_options(cfg))):
+        if not identifier:
+            continue
+        meta[key] = identifier
+        path = model_file(identifier, options)
+        if path is not None and Path(path).is_file():
+            meta[f"{key}_sha256"] = sha256_file(path)
+    if cfg.student.weights and Path(cfg.student.weights).is_file():
+        meta["init_sha256"] = sha256_file(cfg.student.weights)
     return meta
 
 
@@ -150,6 +192,7 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     splits = load_dataset(str(cfg.data.name), cfg.data.dir, download=cfg.data.download,
                           image_size=cfg.data.image_size, val_size=cfg.data.val_size)
     teacher = _load_teacher(cfg, splits)
+    extra_teachers = _load_extra_teachers(cfg, splits)
     student = _build_student(cfg, splits)
     attack = AttackSettings(eps=float(cfg.method.eps or 0.0), step_size=float(cfg.method.attack_step or 0.0),
                             steps=cfg.method.attack_steps)
@@ -163,11 +206,13 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
         student, teacher, strategy, train=splits.train, val=splits.val, info=splits.info,
         config=train_config(cfg, numeric),
         device=device, run_dir=run, eval_settings=eval_settings(float(cfg.method.eps or 0.0)),
-        run_config={**cfg.to_dict(), "teacher_sha256": teacher_meta.get("teacher_sha256")},
+        run_config={**cfg.to_dict(), **{k: v for k, v in teacher_meta.items() if k.endswith("_sha256")}},
+        extra_teachers=extra_teachers,
     )
     if state is not None:
         trainer.resume_from(state, run / "checkpoint.pt")
-    return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta, numeric)
+    return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta, numeric,
+                    extra_teachers)
 
 
 def _saved_state(run: RunDir, teacher_meta: Mapping[str, str]) -> dict[str, Any] | None:
@@ -189,11 +234,13 @@ def _claim(run: RunDir, *, resume: bool, overwrite: bool) -> None:
 
 
 def _check_same_teacher(saved: Mapping[str, Any], teacher_meta: Mapping[str, str], run: RunDir) -> None:
-    """A resumed run must distil from the very teacher file it started with."""
-    before, now = saved.get("teacher_sha256"), teacher_meta.get("teacher_sha256")
-    if before and now and before != now:
-        raise RunDirError(f"the teacher file changed since the run in {run.path} started (sha256 {before[:12]}... is now "
-                          f"{now[:12]}...); resume with the original teacher or start a new --out")
+    """A resumed run must distil from the very teacher files (and start from the initial weights) it started with."""
+    for key, what in (("teacher_sha256", "teacher"), ("natural_teacher_sha256", "natural teacher"),
+                      ("init_sha256", "initial weights (--init)")):
+        before, now = saved.get(key), teacher_meta.get(key)
+        if before and now and before != now:
+            raise RunDirError(f"the {what} file changed since the run in {run.path} started (sha256 {before[:12]}... is "
+                              f"now {now[:12]}...); resume with the original file or start a new --out")
 
 
 def _write_config(prep: Prepared) -> None:
@@ -237,7 +284,8 @@ def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = Fal
 def _announce(prep: Prepared) -> None:
     cfg = prep.cfg
     if is_main_process():
-        console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
+        natural = f" + natural {cfg.teacher.natural}" if cfg.teacher.natural else ""
+        console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'}{natural} → {cfg.student.arch} on "
                       f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
                       f"device {prep.device}, {prep.numeric.reason}; run directory [bold]{prep.run.path}[/]")
 
@@ -263,13 +311,21 @@ def _train_and_report(prep: Prepared) -> RunResult:
     _save_model(prep, model_path)
     student_eval = _evaluate_final(prep, prep.student, str(model_path), describe_model(str(model_path), prep.student),
                                    "student", model_path)
-    teacher_eval = None
-    if prep.teacher is not None and cfg.teacher.id:
-        info = describe_model(cfg.teacher.id, prep.teacher, _teacher_options(cfg))
-        teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher.id, info, "teacher",
-                                       model_file(cfg.teacher.id, _teacher_options(cfg)), reuse=True)
-    comparison = write_run_report(prep, student_eval, teacher_eval, history)
-    return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison)
+    teacher_eval = _evaluate_teacher(prep, cfg.teacher.id, prep.teacher, _teacher_options(cfg), "teacher")
+    natural_eval = _evaluate_teacher(prep, cfg.teacher.natural, prep.extra_teachers.get("natural"),
+                                     _natural_options(cfg), "natural-teacher")
+    comparison = write_run_report(prep, student_eval, teacher_eval, history, natural_eval)
+    return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison,
+                     natural_eval)
+
+
+def _evaluate_teacher(prep: Prepared, identifier: str | None, model: Classifier | None, options: ModelOptions,
+                      role: str) -> EvaluationResult | None:
+    # Teachers are evaluated once and reused from the cache: their result does not depend on this run.
+    if model is None or not identifier:
+        return None
+    info = describe_model(identifier, model, options)
+    return _evaluate_final(prep, model, identifier, info, role, model_file(identifier, options), reuse=True)
 
 
 def _fit(prep: Prepared) -> list[dict[str, Any]]:
@@ -296,14 +352,17 @@ def _save_model(prep: Prepared, path: Path) -> None:
 def _provenance(cfg: RunConfig) -> str:
     """``ModelSpec.source`` of a trained model: how it was made."""
     what = f"(eps {format_fraction(float(cfg.method.eps or 0))}, seed {cfg.train.seed})"
+    extra = (f" --natural-teacher {cfg.teacher.natural}" if cfg.teacher.natural else "") + (
+        f" --init {cfg.student.weights}" if cfg.student.weights else "")
     if cfg.teacher.id:
-        return f"robustdistill distill --method {cfg.method.name} --teacher {cfg.teacher.id} {what}"
-    return f"robustdistill train-teacher --method {cfg.method.name} {what}"
+        return f"robustdistill distill --method {cfg.method.name} --teacher {cfg.teacher.id}{extra} {what}"
+    return f"robustdistill train-teacher --method {cfg.method.name}{extra} {what}"
 
 
 def write_run_report(prep: Prepared, student: EvaluationResult, teacher: EvaluationResult | None,
-                     history: list[dict[str, Any]]) -> Comparison | None:
-    """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher)."""
+                     history: list[dict[str, Any]], natural_teacher: EvaluationResult | None = None) -> Comparison | None:
+    """report.json / report.md / per_class.png (+ the fairness comparison when there is a teacher; MTARD's
+    natural teacher is evaluated, reported and compared with the robust teacher as well)."""
     from .render import RunHeader, write_run_files
 
     cfg, selected = prep.cfg, prep.trainer.selected_epoch
@@ -316,10 +375,14 @@ def write_run_report(prep: Prepared, student: EvaluationResult, teacher: Evaluat
         "student": student.to_dict(),
         "teacher": teacher.to_dict() if teacher is not None else None,
     }
-    comparison = compare([("teacher", teacher), ("student", student)]) if teacher is not None else None
+    entries = [("teacher", teacher), ("student", student)] if teacher is not None else []
+    if natural_teacher is not None:
+        report["natural_teacher"] = natural_teacher.to_dict()
+        entries.append(("natural teacher", natural_teacher))
+    comparison = compare(entries) if entries else None  # type: ignore[arg-type]
     header = RunHeader(cfg.method.name, cfg.teacher.id, cfg.student.arch, len(history), cfg.train.seed,
-                       _selection_text(cfg.train.select, selected, history))
-    write_run_files(prep.run.file, report, header, student, teacher, comparison)
+                       _selection_text(cfg.train.select, selected, history), cfg.teacher.natural)
+    write_run_files(prep.run.file, report, header, student, teacher, comparison, natural_teacher=natural_teacher)
     return comparison
 
 
@@ -330,9 +393,15 @@ def _validation(history: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
 
 
 def _selection_text(select: str, epoch: int, history: list[dict[str, Any]]) -> str:
-    if select != "best-val":
+    if select == "last":
         return f"last epoch ({epoch})"
-    val = _validation(history, epoch).get("val_pgd")
+    record = _validation(history, epoch)
+    val, worst = record.get("val_pgd"), record.get("val_pgd_worst")
+    if select == "fair":
+        shown = (f", validation PGD accuracy {val:.1%}, worst class {worst:.1%}, mean {(val + worst) / 2:.1%}"
+                 if isinstance(val, float) and isinstance(worst, float) else "")
+        return (f"fair: epoch {epoch} of {len(history)}, the highest mean of average and worst-class validation PGD "
+                f"accuracy (Fair-ARD's rule){shown}")
     shown = f", validation PGD accuracy {val:.1%}" if isinstance(val, float) else ""
     return f"best-val: epoch {epoch} of {len(history)}, the best on validation PGD accuracy{shown}"
 
@@ -384,7 +453,9 @@ def train_teacher(
     arch: str | None = None, method: str | None = None, *, resume: bool = False, overwrite: bool = False,
     config: str | Path | None = None, **options: Any,
 ) -> RunResult:
-    """Adversarially train ``arch`` (default ``small_cnn``) with PGD-AT ``at`` (default) or ``trades``.
+    """Train ``arch`` (default ``small_cnn``) without a teacher: PGD-AT ``at`` (default), ``trades``, the
+    robust-fairness methods ``frl`` (needs ``student_weights=`` a robust model: its hot start) and ``cfa``,
+    or ``standard`` (clean cross-entropy: e.g. MTARD's natural teacher).
 
     The Python twin of ``robustdistill train-teacher``; options as for :func:`distill`.
     """

@@ -48,12 +48,29 @@ def _teacher_record(cfg: RunConfig) -> tuple[str | None, float | None]:
 def _method(cfg: RunConfig, command: str) -> Any:
     from .methods import parse_method
 
+    from .methods import METHODS
+
     choice = parse_method(cfg.method.name)
     if command == "train-teacher" and (choice.fair or choice.base.needs_teacher):
-        raise UsageError(f"train-teacher trains without a teacher; use --method at or trades, not {choice.name}")
+        others = ", ".join(s.name for s in METHODS if not s.needs_teacher and s.name not in ("at", "trades"))
+        raise UsageError(f"train-teacher trains without a teacher; use --method at or trades (or {others}), not {choice.name}")
     if command == "distill" and choice.base.needs_teacher and not cfg.teacher.id:
         raise UsageError(f"method {choice.name} distils from a teacher; pass --teacher")
+    if choice.base.requires_init and not cfg.student.weights:
+        raise UsageError(f"{choice.name} fine-tunes a robust model; pass --init MODEL (e.g. the teacher.safetensors of "
+                         "`robustdistill train-teacher --method trades`)")
     return choice
+
+
+def _check_extra_teachers(cfg: RunConfig, choice: Any, params: Mapping[str, Any]) -> None:
+    """A natural teacher is given exactly when the method runs one (mtard, unless its target is the robust teacher)."""
+    uses = "natural" in choice.base.extra_teachers and params.get("natural_target", "natural") == "natural"
+    if uses and not cfg.teacher.natural:
+        raise UsageError(f"method {choice.name} also distils from a naturally trained teacher; pass --natural-teacher "
+                         "MODEL (e.g. the teacher.safetensors of `robustdistill train-teacher --method standard`)")
+    if cfg.teacher.natural and not uses:
+        raise UsageError(f"--natural-teacher is used only by mtard and fair-mtard with natural_target=natural, not by "
+                         f"{choice.name}; drop it")
 
 
 def _budget(cfg: RunConfig, command: str, recorded: float | None, dataset_eps: float) -> float:
@@ -95,6 +112,7 @@ def resolve(cfg: RunConfig, command: str) -> RunConfig:
     dspec = get_dataset(dataset_name)
     eps = _budget(cfg, command, rec_eps, dspec.defaults.eps)
     base, fair = _params(choice, {**cfg.method.params, **cfg.method.fair})
+    _check_extra_teachers(cfg, choice, base)
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, name=dspec.name),
@@ -103,7 +121,7 @@ def resolve(cfg: RunConfig, command: str) -> RunConfig:
                                    params=MappingProxyType(base), fair=MappingProxyType(fair)),
         train=dataclasses.replace(
             cfg.train, epochs=_given(cfg.train.epochs, choice.base.epochs_for(dspec.name, dspec.defaults.epochs)),
-            batch_size=_given(cfg.train.batch_size, dspec.defaults.batch_size),
+            batch_size=_given(cfg.train.batch_size, dspec.defaults.batch_size), lr=_given(cfg.train.lr, choice.base.lr),
             schedule=_given(cfg.train.schedule, choice.base.schedule),
             weight_decay=cfg.train.weight_decay if cfg.train.weight_decay is not None else choice.base.weight_decay),
     )

@@ -60,6 +60,29 @@ def teacher_file(tmp_path_factory, splits) -> Path:
 
 
 @pytest.fixture(scope="module")
+def natural_file(tmp_path_factory, splits) -> Path:
+    """An untrained small_cnn as MTARD's natural teacher (another seed than ``teacher_file``)."""
+    return _save_model(tmp_path_factory.mktemp("natural") / "natural.safetensors", splits.info.hint(), seed=4)
+
+
+@pytest.fixture(scope="module")
+def init_file(tmp_path_factory, splits) -> Path:
+    """An untrained tiny_cnn robustdistill model: FRL's hot start (``--init``) in these plumbing tests."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        model = build_student("tiny_cnn", splits.info.hint())
+    return save_classifier(model, tmp_path_factory.mktemp("init") / "init.safetensors",
+                           config={"dataset": "digits", "eps": "0.2"})
+
+
+def method_inputs(method: str, natural: Path, init: Path) -> dict[str, str]:
+    """The extra inputs a method needs: MTARD's natural teacher, FRL's initial model."""
+    spec = parse_method(method).base
+    out = {"natural_teacher": str(natural)} if "natural" in spec.extra_teachers else {}
+    return {**out, "student_weights": str(init)} if spec.requires_init else out
+
+
+@pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, teacher_file) -> Path:
     """A complete 1-epoch fair-ard run; tests copy it before changing anything."""
     out = tmp_path_factory.mktemp("finished") / "run"
@@ -120,13 +143,15 @@ def _module(*args: str) -> list[str]:
 
 @pytest.fixture()
 def watched_teacher(monkeypatch):
-    """Wrap the pipeline's ``freeze`` so every teacher forward asserts eval mode and frozen parameters."""
-    seen: dict = {"model": None, "calls": 0}
+    """Wrap the pipeline's ``freeze`` so every teacher forward asserts eval mode and frozen parameters
+    (``models`` holds each frozen teacher with its weights before training: MTARD has two)."""
+    seen: dict = {"model": None, "calls": 0, "models": []}
     real = distill_mod.freeze
 
     def freeze_and_watch(model):
         model = real(model)
         seen["model"], seen["before"] = model, {k: v.clone() for k, v in model.state_dict().items()}
+        seen["models"].append((model, seen["before"]))
 
         def check(module, _inputs):
             assert not any(m.training for m in module.modules()), "teacher ran in train mode"
@@ -149,13 +174,14 @@ def _teacher_free(method: str) -> bool:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, watched_teacher, cli):
+def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, natural_file, init_file, watched_teacher, cli):
     out = tmp_path / "run"
+    inputs = method_inputs(method, natural_file, init_file)
     if _teacher_free(method):
-        result = train_teacher("tiny_cnn", method, dataset="digits", out=str(out), **TINY)
+        result = train_teacher("tiny_cnn", method, dataset="digits", out=str(out), **TINY, **inputs)
         model_name = "teacher.safetensors"
     else:
-        result = distill(str(teacher_file), "tiny_cnn", method, out=str(out), **TINY)
+        result = distill(str(teacher_file), "tiny_cnn", method, out=str(out), **TINY, **inputs)
         model_name = "student.safetensors"
     assert result.student is not None and result.student_path == out / model_name
     assert RUN_FILES | {model_name} <= {p.name for p in out.iterdir()}
@@ -198,6 +224,11 @@ def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, watched_te
         assert watched_teacher["calls"] > 0
         after = watched_teacher["model"].state_dict()
         assert all(torch.equal(after[k], v) for k, v in watched_teacher["before"].items())
+        assert len(watched_teacher["models"]) == 1 + len(inputs)  # MTARD: the natural teacher too
+        for model, before in watched_teacher["models"]:
+            assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+        if "natural_teacher" in inputs:
+            assert meta["robustdistill.natural_teacher"] == str(natural_file) and report["natural_teacher"] is not None
 
     # the model file is self-describing: `evaluate` needs no other flag
     evaluated = cli("evaluate", str(out / model_name))
@@ -221,41 +252,77 @@ def _kill_after_epochs(proc: subprocess.Popen, run: Path, epochs: int, timeout: 
     pytest.fail("the run did not log its epochs in time")
 
 
+#: Per method: (command, extra flags); MTARD's natural teacher and FRL's hot start are filled in by the test.
+RESUME_CASES = {
+    "fair-ard": ("distill", []),  # reweighted (state to resume)
+    "rslad": ("distill", []),  # eval-mode attack
+    "fair-mtard": ("distill", ["--natural-teacher", "NATURAL"]),  # loss balance (omega, L0) + Fair-ARD weights
+    "absld": ("distill", ["--tau-lr", "0.3"]),  # per-class temperatures
+    "frl": ("train-teacher", ["--init", "INIT", "--variant", "reweight-remargin", "--rate", "0.5"]),  # multipliers
+    "cfa": ("train-teacher", ["--fawa-threshold", "0", "--calibrate-from", "0"]),  # r_train and the FAWA average
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fair-ard", "rslad"])  # reweighted (state to resume) / eval-mode attack
-def test_resume_after_sigkill_is_bit_identical(method, tmp_path, teacher_file):
-    args = ["distill", "--teacher", teacher_file, "--method", method, "--epochs", "4", "--batch-size", "64",
+@pytest.mark.parametrize("method", RESUME_CASES)
+def test_resume_after_sigkill_is_bit_identical(method, tmp_path, teacher_file, natural_file, init_file):
+    command, extra = RESUME_CASES[method]
+    extra = [{"NATURAL": str(natural_file), "INIT": str(init_file)}.get(e, e) for e in extra]
+    inputs = ["--teacher", teacher_file] if command == "distill" else ["--arch", "tiny_cnn", "--dataset", "digits"]
+    args = [command, *inputs, "--method", method, "--epochs", "4", "--batch-size", "64",
             "--attack-steps", "2", "--val-pgd-steps", "2", "--eval-attacks", "clean", "--eval-n-examples", "20",
-            "--device", "cpu", "--seed", "3"]
+            "--device", "cpu", "--seed", "3", *extra]
+    model = "student.safetensors" if command == "distill" else "teacher.safetensors"
     a, b = tmp_path / "A", tmp_path / "B"
     pipe = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": _env(), "cwd": tmp_path}
     reference = subprocess.Popen(_module(*args, "--out", b), **pipe)  # uninterrupted, same seed
     victim = subprocess.Popen(_module(*args, "--out", a), **pipe)
     _kill_after_epochs(victim, a, epochs=2)
     assert victim.returncode == -signal.SIGKILL
-    assert not (a / "student.safetensors").exists()
+    assert not (a / model).exists()
     killed_at = torch.load(a / "checkpoint.pt", weights_only=True)["epoch"]
     assert 1 <= killed_at <= 3
     kept = (a / "metrics.jsonl").read_text().splitlines()[:killed_at]
 
-    resumed = subprocess.run(_module("distill", "--resume", "--out", a), capture_output=True, text=True,
+    resumed = subprocess.run(_module(command, "--resume", "--out", a), capture_output=True, text=True,
                              env=_env(), cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]
 
-    assert_same_tensors(tensors(a / "student.safetensors"), tensors(b / "student.safetensors"))
+    assert_same_tensors(tensors(a / model), tensors(b / model))
     ra, rb = metrics(a), metrics(b)
     assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb] == [1, 2, 3, 4]
     assert (a / "metrics.jsonl").read_text().splitlines()[:killed_at] == kept  # resumed, not restarted
     timing = ("seconds", "images_per_second")
     assert [{k: v for k, v in r.items() if k not in timing} for r in ra] == \
            [{k: v for k, v in r.items() if k not in timing} for r in rb]
+    state_a = torch.load(a / "checkpoint.pt", weights_only=True)["strategy"]
+    state_b = torch.load(b / "checkpoint.pt", weights_only=True)["strategy"]
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:  # the method's state (weights, balance, temperatures, multipliers, FAWA average) is identical
+        if key == "fawa_state":
+            assert_same_tensors(state_a[key], state_b[key])
+        else:
+            assert state_a[key] == state_b[key], key
     if method.startswith("fair-"):
-        weights = torch.load(a / "checkpoint.pt", weights_only=True)["strategy"]["class_weights"]
-        assert weights == torch.load(b / "checkpoint.pt", weights_only=True)["strategy"]["class_weights"]
+        weights = state_a["class_weights"]
         assert weights == ra[-1]["class_weights"] and weights != [1.0] * 10
+    assert_method_state_moved(method, state_a, ra, a)
     assert not [p.name for p in a.iterdir() if p.name.endswith(".tmp")]
+
+
+def assert_method_state_moved(method: str, state: dict, records: list[dict], run: Path) -> None:
+    """The resumed state is not trivially equal: it moved away from its initial value during the run."""
+    if method == "fair-mtard":
+        assert state["base"]["omega_nat"] == records[-1]["omega_nat"] != 0.5 and state["base"]["init_adv"] > 0
+    elif method == "absld":
+        assert state["tau_adv"] == records[-1]["tau_adv"] != [1.0] * 10
+    elif method == "frl":
+        assert state["lambda"][2] == records[-1]["lambda2"] and any(state["lambda"][2])
+    elif method == "cfa":  # the reported model is the FAWA average, not the live weights
+        assert state["r_train"] == records[-1]["r_train"] and records[-1]["fawa_started"]
+        assert_same_tensors(tensors(run / "teacher.safetensors"), {k: v.contiguous() for k, v in state["fawa_state"].items()})
 
 
 def test_resume_of_a_run_that_died_after_training_before_its_report(tmp_path, teacher_file, monkeypatch):

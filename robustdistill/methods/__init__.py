@@ -14,8 +14,9 @@ from typing import Any, Mapping
 from ..errors import UsageError
 from ..params import build_params, defaults, field_types
 # Registration order is the order of `robustdistill list methods`.
-from . import ard, rslad, iad, kdiga, adaad, kd, adversarial  # noqa: F401, I001 - the built-in methods register themselves
-from .base import AttackOutput, AttackSettings, Strategy, weighted_mean
+from . import ard, rslad, iad, kdiga, adaad, kd, mtard, absld  # noqa: F401, I001 - the built-in methods register themselves
+from . import adversarial, standard, frl, cfa  # noqa: F401, I001 - teacher-free ones
+from .base import AttackOutput, AttackSettings, ClassCounts, RunContext, Strategy, ValidationNeed, weighted_mean
 from .fair import FairStrategy, class_weights
 from .spec import (
     FAIR_PREFIX, METHODS, AttackMode, FairParams, MethodChoice, MethodSpec, list_methods, method_names, parse_method,
@@ -23,8 +24,8 @@ from .spec import (
 )
 
 __all__ = [
-    "FAIR_PREFIX", "METHODS", "AttackMode", "AttackOutput", "AttackSettings", "FairParams", "FairStrategy",
-    "MethodChoice", "MethodSpec", "Strategy", "build_strategy", "canonical_params", "class_weights",
+    "FAIR_PREFIX", "METHODS", "AttackMode", "AttackOutput", "AttackSettings", "ClassCounts", "FairParams", "FairStrategy",
+    "MethodChoice", "MethodSpec", "RunContext", "Strategy", "ValidationNeed", "build_strategy", "canonical_params", "class_weights",
     "hyperparameter_names", "list_methods", "method_defaults",
     "method_names", "parse_method", "register_method", "split_params", "weighted_mean",
 ]

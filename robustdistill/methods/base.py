@@ -14,12 +14,20 @@ A strategy owns only its algorithm:
 The trainer owns everything else: the student's mode (it puts the student in
 ``attack_mode`` before :meth:`perturb` and back in train mode before :meth:`loss`), autocast,
 devices, DDP, the optimizer and checkpoints. Teachers arrive frozen and in eval mode.
+
+Optional hooks for methods with state beyond Fair-ARD's per-epoch counts (MTARD, ABSLD, FRL,
+CFA): :meth:`Strategy.bind` hands over the run context once (extra teachers such as MTARD's
+natural one, the learning-rate factor of an epoch, the DDP reduction), :meth:`Strategy.on_step_end`
+tells whether the optimizer step was applied (a non-finite loss is skipped), and
+:meth:`Strategy.validation_need` / :meth:`Strategy.on_validation` give a method per-class
+clean and robust counts measured on the **validation** split. :meth:`Strategy.report_state`
+names weights to report instead of the live ones (CFA's FAWA average).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +65,61 @@ class AttackOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def constant_factor(epoch: int) -> float:
+    """The learning-rate factor of a run without a schedule (unit tests, a strategy used alone)."""
+    del epoch
+    return 1.0
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the trainer hands a strategy once, before the first epoch (:meth:`Strategy.bind`).
+
+    Attributes:
+        teachers: extra teachers by the names in ``MethodSpec.extra_teachers`` (e.g. ``natural``),
+            on the training device, in eval mode and frozen.
+        lr_factor: the learning-rate schedule's factor at the start of a (0-based) epoch; methods
+            whose own rates decay with the learning rate (MTARD's eta_omega, ABSLD's r) read it.
+        reduce: all-reduce (sum) across DDP processes, usable inside :meth:`Strategy.loss`;
+            ``None`` in a single process.
+    """
+
+    teachers: Mapping[str, nn.Module] = field(default_factory=dict)
+    lr_factor: Callable[[int], float] = constant_factor
+    reduce: Reduce | None = None
+
+
+@dataclass(frozen=True)
+class ValidationNeed:
+    """A per-class validation pass a method needs (on the validation split, never test).
+
+    Attributes:
+        when: ``before_epoch`` (also before the first: FRL's multipliers) or ``after_epoch`` (CFA's FAWA).
+        pgd_steps: steps of the evaluation PGD (uniform start clipped to [0, 1], step eps/4, CE).
+    """
+
+    when: Literal["before_epoch", "after_epoch"]
+    pgd_steps: int
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per-class validation counts (long tensors of shape [C], on the CPU).
+
+    Attributes:
+        total: examples of each class.
+        clean: of those, classified correctly.
+        robust: classified correctly both clean and under the PGD attack.
+    """
+
+    total: torch.Tensor
+    clean: torch.Tensor
+    robust: torch.Tensor
+
+
 class Strategy:
     """Base class: subclasses define ``Params`` and implement :meth:`perturb` and :meth:`loss`.
 
@@ -77,6 +140,7 @@ class Strategy:
         self.num_classes = num_classes
         self.epoch = 0
         self.num_epochs = 1
+        self.context = RunContext()
 
     @property
     def name(self) -> str:
@@ -108,6 +172,31 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
+
+    def bind(self, context: RunContext) -> None:
+        """Called once by the trainer before training (extra teachers, lr factor, DDP reduction)."""
+        self.context = context
+
+    def on_step_end(self, applied: bool) -> None:
+        """Called after every step: ``applied`` is False when the trainer skipped it (non-finite loss).
+
+        Strategies that change state inside :meth:`loss` commit it here, so a skipped step leaves
+        no trace and :meth:`loss` must be called exactly once per step.
+        """
+        del applied
+
+    def validation_need(self) -> ValidationNeed | None:
+        """The per-class validation pass this method needs, or ``None`` (the default)."""
+        return None
+
+    def on_validation(self, counts: ClassCounts, student: nn.Module, epoch: int) -> dict[str, Any]:
+        """Receives the counts of :meth:`validation_need` (0-based ``epoch``); returns values to log."""
+        del counts, student, epoch
+        return {}
+
+    def report_state(self) -> dict[str, torch.Tensor] | None:
+        """Weights to validate, select and report instead of the live ones (``None``: the live weights)."""
+        return None
 
     # -- the algorithm -----------------------------------------------------------------------
     def perturb(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:

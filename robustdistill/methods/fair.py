@@ -8,7 +8,6 @@ Robust Fairness", NeurIPS 2023 (spec ``algorithms.md`` section 5). One wrapper g
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -19,7 +18,7 @@ from ..modes import eval_mode
 from ..rng import forked_rng
 from ..errors import UsageError
 from ..params import as_dict
-from .base import AttackOutput, Strategy
+from .base import AttackOutput, ClassCounts, RunContext, Strategy, ValidationNeed
 from .spec import FAIR_PREFIX, AttackMode, FairParams, MethodSpec
 
 #: Floor under ``kappa_mean + eps_floor`` before the log, so that kappa_mean = 0 with
@@ -168,6 +167,23 @@ class FairStrategy(Strategy):
         means = [m if seen else None for m, seen in zip(kappa_mean.tolist(), present.tolist())]
         logs.update(class_weights=self.weights.tolist(), kappa_mean=means)
         return logs
+
+    # The base method's own hooks (MTARD's balance, ABSLD's temperatures) run unchanged under the wrapper.
+    def bind(self, context: RunContext) -> None:
+        super().bind(context)
+        self.base.bind(context)
+
+    def on_step_end(self, applied: bool) -> None:
+        self.base.on_step_end(applied)
+
+    def validation_need(self) -> ValidationNeed | None:
+        return self.base.validation_need()
+
+    def on_validation(self, counts: ClassCounts, student: nn.Module, epoch: int) -> dict[str, Any]:
+        return self.base.on_validation(counts, student, epoch)
+
+    def report_state(self) -> dict[str, torch.Tensor] | None:
+        return self.base.report_state()
 
     def state_dict(self) -> dict[str, Any]:
         return {"class_weights": self.weights.tolist(), "kappa_calls": self._kappa_calls, "base": self.base.state_dict()}

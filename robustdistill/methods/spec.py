@@ -52,6 +52,9 @@ class MethodSpec:
         epochs: the paper's run length.
         dataset_epochs: run length on particular datasets (chosen on their validation split).
         extra_teachers: names of teachers besides the robust one (e.g. MTARD's ``natural``).
+        lr: default peak learning rate (FRL fine-tunes at 1e-3).
+        requires_init: the method fine-tunes a given model (``--student-weights`` / ``--init``; FRL's hot start).
+        fair_note: appended to the one-line summary of ``fair-<name>`` (e.g. that no paper proposes it).
     """
 
     name: str
@@ -66,6 +69,9 @@ class MethodSpec:
     epochs: int = PAPER_EPOCHS
     dataset_epochs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     extra_teachers: tuple[str, ...] = ()
+    lr: float = 0.1
+    requires_init: bool = False
+    fair_note: str = ""
 
     def default_params(self) -> dict[str, Any]:
         return defaults(self.params)
@@ -82,7 +88,8 @@ S = TypeVar("S", bound=type)
 def register_method(
     *, name: str, summary: str, attack_mode: AttackMode, needs_teacher: bool = True, fair_wrappable: bool | None = None,
     schedule: str = "ard", weight_decay: float = 2e-4, epochs: int = PAPER_EPOCHS,
-    dataset_epochs: Mapping[str, int] | None = None, extra_teachers: tuple[str, ...] = (),
+    dataset_epochs: Mapping[str, int] | None = None, extra_teachers: tuple[str, ...] = (), lr: float = 0.1,
+    requires_init: bool = False, fair_note: str = "",
 ) -> Callable[[S], S]:
     """Class decorator: register a :class:`Strategy` subclass and attach its :class:`MethodSpec` as ``cls.spec``.
 
@@ -100,6 +107,7 @@ def register_method(
             name=name, summary=summary, strategy=cls, params=cls.Params, attack_mode=AttackMode(attack_mode),
             needs_teacher=needs_teacher, fair_wrappable=wrappable, schedule=schedule, weight_decay=weight_decay,
             epochs=epochs, dataset_epochs=MappingProxyType(dict(dataset_epochs or {})), extra_teachers=extra_teachers,
+            lr=lr, requires_init=requires_init, fair_note=fair_note,
         )
         METHODS.add(spec)
         cls.spec = spec
@@ -150,7 +158,8 @@ class MethodChoice:
     def summary(self) -> str:
         if not self.fair:
             return self.base.summary
-        return f"Fair-ARD class reweighting by per-class kappa over {self.base.name} (Yue et al., NeurIPS 2023)"
+        note = f"; {self.base.fair_note}" if self.base.fair_note else ""
+        return f"Fair-ARD class reweighting by per-class kappa over {self.base.name} (Yue et al., NeurIPS 2023){note}"
 
 
 def method_names() -> list[str]:

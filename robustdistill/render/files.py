@@ -87,7 +87,8 @@ def write_fairness(comparison: Comparison, out_dir: Out, *, plots: bool = True,
 
 def write_run_files(out_dir: Out, report: Mapping[str, Any], header: RunHeader, student: EvaluationResult,
                      teacher: EvaluationResult | None = None, comparison: Comparison | None = None,
-                     provenance: Mapping[str, Provenance] | None = None) -> list[Path]:
+                     provenance: Mapping[str, Provenance] | None = None,
+                     natural_teacher: EvaluationResult | None = None) -> list[Path]:
     """A run's report: fairness files (with a comparison), report.json, report.md and per_class.png.
 
     Args:
@@ -97,7 +98,8 @@ def write_run_files(out_dir: Out, report: Mapping[str, Any], header: RunHeader, 
         header: what report.md says about the run.
         student, teacher: the final test evaluations.
         comparison: student vs teacher.
-        provenance: role (``student``/``teacher``) -> per-attack provenance (default: from model info).
+        provenance: role (``student``/``teacher``/``natural teacher``) -> per-attack provenance (default: from model info).
+        natural_teacher: MTARD's natural teacher's final test evaluation (a section of report.md).
     """
     path_for = path_function(out_dir)
     paths = write_fairness(comparison, path_for) if comparison is not None else []
@@ -105,8 +107,9 @@ def write_run_files(out_dir: Out, report: Mapping[str, Any], header: RunHeader, 
     if comparison is not None:
         content["fairness"] = comparison_json(comparison)
     origin = provenance if provenance is not None else {
-        role: result_provenance(r) for role, r in (("student", student), ("teacher", teacher)) if r is not None}
+        role: result_provenance(r) for role, r in (("student", student), ("teacher", teacher),
+                                                   ("natural teacher", natural_teacher)) if r is not None}
     json_path, md_path = path_for("report.json"), path_for("report.md")
     atomic_write_json(json_path, content)
-    atomic_write_text(md_path, run_markdown(header, student, teacher, comparison, origin))
+    atomic_write_text(md_path, run_markdown(header, student, teacher, comparison, origin, natural_teacher))
     return [*paths, json_path, md_path, run_plot(student, teacher, path_for("per_class.png"))]

@@ -33,6 +33,7 @@ class RunHeader:
         epochs: epochs trained.
         seed: the training seed.
         selection: how the reported epoch was chosen, in words (``last epoch (3)``).
+        natural_teacher: MTARD's naturally trained second teacher, if the method used one.
     """
 
     method: str
@@ -41,6 +42,7 @@ class RunHeader:
     epochs: int
     seed: int
     selection: str
+    natural_teacher: str | None = None
 
 
 def result_scope(result: EvaluationResult) -> str:
@@ -145,7 +147,8 @@ def cost_lines(comparison: Comparison) -> list[str]:
 
 
 def run_markdown(header: RunHeader, student: EvaluationResult, teacher: EvaluationResult | None = None,
-                 comparison: Comparison | None = None, provenance: Mapping[str, Provenance] | None = None) -> str:
+                 comparison: Comparison | None = None, provenance: Mapping[str, Provenance] | None = None,
+                 natural_teacher: EvaluationResult | None = None) -> str:
     """report.md of a distillation (or teacher-training) run.
 
     Args:
@@ -153,17 +156,21 @@ def run_markdown(header: RunHeader, student: EvaluationResult, teacher: Evaluati
         student: the student's final test evaluation.
         teacher: the teacher's, if there is a teacher.
         comparison: student vs teacher (adds the verdicts and a link to fairness.md).
-        provenance: role (``student``/``teacher``) -> per-attack provenance of reused evaluations.
+        provenance: role (``student``/``teacher``/``natural teacher``) -> per-attack provenance of reused evaluations.
+        natural_teacher: the natural teacher's evaluation (MTARD), if the method used one.
     """
     provenance = provenance or {}
     origin = header.teacher or "no teacher (adversarial training)"
+    natural = f" and natural teacher `{header.natural_teacher}`" if header.natural_teacher else ""
     lines = [f"# Distillation report: {header.method}, {origin} → {header.student} on {result_scope(student)}", "",
-             (f"Teacher `{header.teacher}` → student `{header.student}`" if header.teacher else
+             (f"Teacher `{header.teacher}`{natural} → student `{header.student}`" if header.teacher else
               f"Teacher-free adversarial training of `{header.student}`") + f", {header.epochs} epochs, seed {header.seed}. "
              f"Model selection: {header.selection}; validation on a split carved from the training data, the test split "
              "is used only here.", "", evaluation_markdown(student, "Student", provenance.get("student"))]
     if teacher is not None:
         lines.append(evaluation_markdown(teacher, "Teacher", provenance.get("teacher")))
+    if natural_teacher is not None:
+        lines.append(evaluation_markdown(natural_teacher, "Natural teacher", provenance.get("natural teacher")))
     if comparison is not None:
         lines += ["## Robust fairness: student vs teacher", "", *verdicts(comparison), *cost_lines(comparison), "",
                   "Class-by-class tables and plots: [fairness.md](fairness.md).", ""]

@@ -9,7 +9,10 @@ Modules, one concern each:
   optimizers (``sgd``, ``adamw``) and learning-rate schedules (``ard``, ``ard-released``,
   ``rslad``, ``cosine``, ``constant``);
 * :mod:`~robustdistill.train.checkpoint` - the resumable ``checkpoint.pt`` (state, restore, friendly errors);
-* :mod:`~robustdistill.train.validation` - validation on the held-out split and best-epoch selection;
+* :mod:`~robustdistill.train.validation` - validation on the held-out split and best-epoch selection
+  (``last``, ``best-val``, and Fair-ARD's ``fair`` rule);
+* :mod:`~robustdistill.train.probes` - per-class validation counts a method asks for (FRL, CFA)
+  and the weights it wants validated and reported (CFA's FAWA average);
 * :mod:`~robustdistill.train.display` - the progress bars;
 * :mod:`~robustdistill.train.distributed` - the DDP process group (joined by the pipeline, before
   the trainer is built), shards and reductions.

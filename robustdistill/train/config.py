@@ -10,7 +10,7 @@ from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULES
 
 AMP_MODES = ("none", "bf16", "fp16")
-SELECTIONS = ("last", "best-val")
+SELECTIONS = ("last", "best-val", "fair")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +32,8 @@ class TrainConfig:
         val_every: validate every N epochs (and always after the last).
         val_pgd_steps: PGD steps of the validation attack.
         val_n_examples: validate on the first N validation examples (``None``: all).
-        select: report the ``last`` epoch or the ``best-val`` epoch on validation PGD accuracy.
+        select: report the ``last`` epoch, the ``best-val`` epoch on validation PGD accuracy, or the
+            ``fair`` epoch (Fair-ARD's rule: the highest mean of average and worst-class validation PGD accuracy).
         max_nonfinite: abort after this many consecutive steps with a non-finite loss.
     """
 
@@ -63,7 +64,7 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise UsageError(f"--amp must be none, bf16 or fp16, not {self.amp!r}")
         if self.select not in SELECTIONS:
-            raise UsageError(f"--select must be last or best-val, not {self.select!r}")
+            raise UsageError(f"--select must be last, best-val or fair, not {self.select!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise UsageError("epochs, batch size and learning rate must be positive")
         if self.val_every < 1 or self.val_pgd_steps < 1 or self.max_nonfinite < 1:

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from rich.progress import Progress
@@ -29,7 +29,7 @@ from torch import nn
 from ..data import DatasetInfo, Split, augment_batch
 from ..errors import RobustDistillError
 from ..evaluation import EvalSettings
-from ..methods.base import Strategy
+from ..methods.base import RunContext, Strategy
 from ..progress import make_progress
 from ..rng import derive_seed
 from ..rundir import RunDir
@@ -38,6 +38,7 @@ from .config import TrainConfig
 from .display import EpochBar, RunBar
 from .distributed import Dist, all_reduce_min, all_reduce_sum, average_buffers, barrier, current_dist, shard_order, wrap_ddp
 from .optimizers import build_optimizer
+from .probes import class_counts, weights_swapped
 from .schedules import lr_factor
 from .validation import is_validation_epoch, selected_epoch, updated_best, validation_record
 
@@ -75,12 +76,15 @@ class Trainer:
             default: the strategy's training budget.
         run_config: the run's resolved config, stored in the checkpoint.
         dist: this process's place in the process group; default: the group already joined, if any.
+        extra_teachers: teachers besides ``teacher`` by the names the method asks for (MTARD's
+            ``natural``); frozen like the teacher and handed to the strategy with :meth:`Strategy.bind`.
     """
 
     def __init__(
         self, student: nn.Module, teacher: nn.Module | None, strategy: Strategy, *, train: Split, val: Split,
         info: DatasetInfo, config: TrainConfig, device: torch.device, run_dir: RunDir | None = None,
         eval_settings: EvalSettings | None = None, run_config: dict[str, Any] | None = None, dist: Dist | None = None,
+        extra_teachers: Mapping[str, nn.Module] | None = None,
     ) -> None:
         config.validate()
         self.cfg, self.device, self.strategy, self.info = config, device, strategy, info
@@ -91,6 +95,9 @@ class Trainer:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.student = student.to(device, memory_format=self.memory_format)
         self.teacher = teacher.to(device, memory_format=self.memory_format).eval().requires_grad_(False) if teacher is not None else None
+        self.extra_teachers = {name: model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
+                               for name, model in (extra_teachers or {}).items()}
+        strategy.bind(RunContext(self.extra_teachers, self.epoch_lr_factor, all_reduce_sum if self.dist.enabled else None))
         # The outer loss runs through DDP; the attack runs on the bare module (no reducer hooks per PGD step).
         self.model: nn.Module = wrap_ddp(self.student, device) if self.dist.enabled else self.student
         self.optimizer = build_optimizer(self.student.parameters(), config)
@@ -135,6 +142,10 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def epoch_lr_factor(self, epoch: int) -> float:
+        """The schedule's factor at the start of (0-based) ``epoch`` (strategies whose own rates follow the lr)."""
+        return lr_factor(self.cfg.schedule, self.cfg.epochs, epoch)
+
     def _set_lr(self, epoch: int, step: int, steps: int) -> float:
         lr = self.cfg.lr * lr_factor(self.cfg.schedule, self.cfg.epochs, epoch, step, steps)
         for group in self.optimizer.param_groups:
@@ -164,11 +175,13 @@ class Trainer:
         with self._autocast():
             loss, _stats = self.strategy.loss(self.model, self.teacher, x, y, adv, None)
         if not self._is_finite(loss):
+            self.strategy.on_step_end(False)
             return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.strategy.on_step_end(True)
         return loss.detach().float()
 
     # -- one epoch ---------------------------------------------------------------------------
@@ -190,6 +203,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int, progress: Progress) -> EpochStats:
         """Train (0-based) ``epoch``; its bar is drawn into ``progress`` and removed at the end."""
+        before = self._probe(epoch, "before_epoch", progress)  # before the reseed: it never shifts the training noise
         torch.manual_seed(derive_seed(self.cfg.seed, epoch, self.dist.rank))
         self.strategy.on_epoch_start(epoch, self.cfg.epochs)
         steps = self.steps_per_epoch()
@@ -207,7 +221,7 @@ class Trainer:
                 totals[0] += loss * y.shape[0]
                 totals[1] += y.shape[0]
             bar.update(step, totals, lr)
-        extra = self._end_epoch(totals)
+        extra = {**before, **self._end_epoch(totals), **self._probe(epoch, "after_epoch", progress)}
         bar.close()
         loss_sum, images = totals.tolist()
         return EpochStats(epoch + 1, lr, loss_sum / max(1.0, images), time.perf_counter() - t0, int(images), skipped, extra)
@@ -226,6 +240,15 @@ class Trainer:
             all_reduce_sum(totals)
             average_buffers(self.student, self.dist.world)
         return extra
+
+    def _probe(self, epoch: int, when: str, progress: Progress) -> dict[str, Any]:
+        """The strategy's own per-class validation pass (FRL, CFA) if it wants one at ``when``; its logs."""
+        need = self.strategy.validation_need()
+        if need is None or need.when != when:
+            return {}
+        counts = class_counts(self.student, self.val_split, self.info, self.cfg, eps=self.eval_settings.eps,
+                              pgd_steps=need.pgd_steps, device=self.device, progress=progress, dist=self.dist)
+        return self.strategy.on_validation(counts, self.student, epoch)
 
     def validate(self, progress: Progress) -> dict[str, Any]:
         """Clean and PGD accuracy on the validation split (carved from training data; never test)."""
@@ -250,8 +273,10 @@ class Trainer:
                     run_bar.epoch_done(record)
                     if on_epoch is not None:
                         on_epoch(record)
-        if self.cfg.select == "best-val" and self.best.get("model") is not None:
+        if self.cfg.select != "last" and self.best.get("model") is not None:
             self.student.load_state_dict(self.best["model"])
+        elif (reported := self.strategy.report_state()) is not None:  # e.g. CFA's FAWA average
+            self.student.load_state_dict(reported)
         return self.history
 
     def _run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
@@ -263,8 +288,10 @@ class Trainer:
             **stats.extra,
         }
         if self.dist.is_main and is_validation_epoch(stats.epoch, self.cfg):
-            record.update(self.validate(progress))
-            self.best = updated_best(self.best, record, self.student, self.cfg.select)
+            # the weights the run would report are the ones validated and selected (CFA: the FAWA average)
+            with weights_swapped(self.student, self.strategy.report_state()):
+                record.update(self.validate(progress))
+                self.best = updated_best(self.best, record, self.student, self.cfg.select)
         self.history.append(record)
         if self.run_dir is not None and self.dist.is_main:
             # metrics first: a kill between the two writes leaves a record the resume drops (truncate_metrics)
@@ -275,7 +302,7 @@ class Trainer:
 
     @property
     def selected_epoch(self) -> int:
-        """The epoch whose weights the run reports (the best validation epoch with ``select='best-val'``)."""
+        """The epoch whose weights the run reports (the best validation epoch with ``select='best-val'`` or ``'fair'``)."""
         return selected_epoch(self.best, self.history, self.cfg.select)
 
 

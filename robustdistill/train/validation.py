@@ -42,22 +42,38 @@ def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
     return epoch % config.val_every == 0 or epoch == config.epochs
 
 
-def updated_best(best: dict[str, Any], record: dict[str, Any], student: nn.Module, select: str) -> dict[str, Any]:
-    """``best`` after ``record``: a copy of the student's weights when its validation PGD accuracy is a new high.
+def selection_score(record: dict[str, Any], select: str) -> float | None:
+    """The number ``select`` maximises over validated epochs (``None``: the record was not validated).
 
-    Only ``select="best-val"`` keeps weights (``"last"`` returns ``best`` unchanged); ties keep the earlier epoch.
+    ``best-val``: validation PGD accuracy. ``fair`` (Fair-ARD's rule): the mean of the average and
+    the worst-class validation PGD accuracy, ``(val_pgd + val_pgd_worst) / 2``.
     """
-    if select != "best-val" or record.get("val_pgd", -1) <= best.get("val_pgd", -1):
+    if "val_pgd" not in record:
+        return None
+    if select == "fair":
+        worst = record.get("val_pgd_worst")
+        return None if worst is None else (record["val_pgd"] + worst) / 2
+    return record["val_pgd"]
+
+
+def updated_best(best: dict[str, Any], record: dict[str, Any], student: nn.Module, select: str) -> dict[str, Any]:
+    """``best`` after ``record``: a copy of the student's weights when its :func:`selection_score` is a new high.
+
+    ``select="last"`` keeps no weights and returns ``best`` unchanged; ties keep the earlier epoch.
+    """
+    score = selection_score(record, select) if select != "last" else None
+    if score is None or score <= best.get("score", best.get("val_pgd", -1)):
         return best
-    return {"epoch": record["epoch"], "val_pgd": record["val_pgd"],
+    return {"epoch": record["epoch"], "score": score, "val_pgd": record["val_pgd"],
+            "val_pgd_worst": record.get("val_pgd_worst"),
             "model": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}}
 
 
 def selected_epoch(best: dict[str, Any], history: list[dict[str, Any]], select: str) -> int:
-    """The epoch whose weights the run reports (the best validation epoch with ``select='best-val'``)."""
-    if select == "best-val" and best.get("epoch") is not None:
+    """The epoch whose weights the run reports (the best validation epoch with ``select='best-val'`` or ``'fair'``)."""
+    if select != "last" and best.get("epoch") is not None:
         return int(best["epoch"])
     return len(history)
 
 
-__all__ = ["is_validation_epoch", "selected_epoch", "updated_best", "validation_record"]
+__all__ = ["is_validation_epoch", "selected_epoch", "selection_score", "updated_best", "validation_record"]
