@@ -524,6 +524,18 @@ def test_every_example_config_runs_and_applies(path, tmp_path, cli):
         assert saved["params"][key] == pytest.approx(value), (key, saved["params"][key], value)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.*")), ids=lambda p: p.name)
+def test_every_example_config_file_resolves(path):
+    """Every shipped config (YAML or TOML, with flat keys, sections or the command line's flag words such
+    as train-teacher's ``arch``) reads and resolves to a run config without an error."""
+    from robustdistill.config import read_config_file
+
+    options, params = options_from_file(read_config_file(path), str(path))
+    command = "train-teacher" if options.get("method") in ("at", "trades", "standard", "frl", "cfa") else "distill"
+    cfg = new_config(command, {**options, "out": "o"}, params)
+    assert cfg.student.arch == options.get("student", cfg.student.arch)
+
+
 def test_the_default_job_config_is_the_no_argument_job():
     """examples/configs/fair-iad.yaml spells out `robustdistill distill` with no arguments: it resolves to the same config."""
     options, params = options_from_file(yaml.safe_load((ROOT / "examples" / "configs" / "fair-iad.yaml").read_text()), "x")
