@@ -83,7 +83,7 @@ def train_config(cfg: RunConfig, numeric: NumericPath) -> TrainConfig:
     )
 
 
-def _numeric_path(cfg: RunConfig, device: torch.device, models: list[Classifier]) -> NumericPath:
+def numeric_path_for(cfg: RunConfig, device: torch.device, models: list[Classifier]) -> NumericPath:
     """Autocast, memory format, threads and compilation for these models on this device (applied now)."""
     t = cfg.train
     macs = sum(forward_macs(m, m.spec.input_size) for m in models)
@@ -199,7 +199,7 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     strategy = build_strategy(cfg.method.name, {**cfg.method.params, **cfg.method.fair}, attack=attack,
                               num_classes=splits.info.num_classes)
     teacher_meta = _teacher_meta(cfg)
-    numeric = _numeric_path(cfg, device, [m for m in (student, teacher) if m is not None])
+    numeric = numeric_path_for(cfg, device, [m for m in (student, teacher) if m is not None])
     state = _saved_state(run, teacher_meta) if resume else None
     _claim(run, resume=resume, overwrite=overwrite)
     trainer = Trainer(
