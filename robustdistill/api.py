@@ -13,10 +13,11 @@ from typing import Any, Mapping, Sequence
 
 from .fileio import sha256_file
 from .runtime import select_device
+from .train.distributed import joined_process_group, rank_device
 from .config import MAX_SEED, parse_budget
-from .data import DatasetSplits, load_dataset
+from .data import DatasetSplits, Split, load_dataset
 from .errors import UsageError
-from .evaluation import EvaluationResult, attack_names, eval_settings
+from .evaluation import EvalSettings, EvaluationResult, attack_names, eval_settings
 from .evaluation.cache import evaluate_or_reuse, partial_path
 from .models import Classifier, ModelOptions, check_fits, count_parameters, load_model, model_file, recorded_config, recorded_eps
 
@@ -131,6 +132,7 @@ def evaluate(
     splits: DatasetSplits | None = None,
     model_id: str | None = None,
     reuse: bool = True,
+    workers: int | None = None,
 ) -> EvaluationResult:
     """Evaluate a model with exact per-class results (the Python twin of ``robustdistill evaluate``).
 
@@ -143,6 +145,8 @@ def evaluate(
         attack_params: other attack parameters as ``<attack>_<parameter>`` (``{"aa_version": "fast"}``).
         reuse: return an identical stored evaluation instead of attacking again (same model file,
             data, examples, protocol, batch size and library versions), and store a fresh one.
+        workers: local CPU processes sharing the batches, with the same results (default: see
+            :func:`~robustdistill.evaluation.sharding.default_workers`); under torchrun call it on every rank.
 
     Example:
         >>> result = robustdistill.evaluate("bundled:digits", attacks="clean,pgd,aa")
@@ -163,17 +167,24 @@ def evaluate(
         refuse_gradient_attacks(wanted, identifier)
     budget = given_eps if given_eps is not None else model_budget(model if isinstance(model, str) else net, None, opts)
     settings = eval_settings(budget, seed, step_size=step, pgd_steps=pgd_steps, **dict(attack_params or {}))
-    chosen = settings.attacks(wanted)
-    dev = select_device(device)
-    net.to(dev)
     info = describe_model(identifier, net, opts) if isinstance(model, str) else _describe_object(net)
-    class_names = _class_names(net, splits)
-    return evaluate_or_reuse(
-        net, data, class_names, attacks=[a.name for a in chosen], settings=settings, model_id=model_id or identifier,
-        dataset=splits.info.name, model_info=info, reuse=reuse, batch_size=batch_size, device=dev,
-        reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
-        state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
-    )
+    return _attack_model(net, data, splits, settings, wanted, model_id or identifier, info, device,
+                         batch_size=batch_size, reuse=reuse, workers=workers)
+
+
+def _attack_model(net: Classifier, data: Split, splits: DatasetSplits, settings: EvalSettings, attacks: Sequence[str],
+                  model_id: str, info: dict[str, Any], device: str | None, **options: Any) -> EvaluationResult:
+    """Evaluate (or reuse) on this process's device; under ``torchrun`` every rank takes its share."""
+    dev = rank_device(select_device(device))
+    net.to(dev)
+    with joined_process_group(dev) as group:
+        return evaluate_or_reuse(
+            net, data, _class_names(net, splits), attacks=attacks, settings=settings, model_id=model_id,
+            dataset=splits.info.name, model_info=info, device=dev,
+            reused_message=f"reusing the identical evaluation of {model_id} from {{source}} (pass --fresh to attack again)",
+            state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
+            distributed=group.enabled, **options,
+        )
 
 
 def _load_splits(model: str | Classifier, dataset: str | None, data_dir: str | Path | None, download: bool,

@@ -31,7 +31,9 @@ from .resolve import COMMAND_DEFAULTS, new_config, resume_config
 from .fairness import Comparison, compare
 from .reports import DISTILL_SCHEMA
 from .rundir import RunDir
+from .methods import parse_method
 from .train import TrainConfig, Trainer, barrier, destroy_distributed, init_distributed, read_checkpoint
+from .train.distributed import check_sync_bn, rank_device
 
 #: The method of the no-argument job: Fair-ARD reweighting over IAD, the base with the best average
 #: and worst-class validation robustness on digits (benchmarks/results/default_job.md).
@@ -72,7 +74,7 @@ def train_config(cfg: RunConfig) -> TrainConfig:
     return TrainConfig(
         epochs=int(t.epochs or 1), batch_size=int(t.batch_size or 1), optimizer=t.optimizer, lr=t.lr,
         momentum=t.momentum, weight_decay=float(t.weight_decay or 0.0), nesterov=t.nesterov,
-        schedule=str(t.schedule), amp=t.amp, channels_last=t.channels_last, seed=t.seed,
+        schedule=str(t.schedule), amp=t.amp, channels_last=t.channels_last, sync_bn=t.sync_bn, seed=t.seed,
         val_pgd_steps=t.val_pgd_steps, select=t.select,
     )
 
@@ -119,19 +121,12 @@ def _teacher_meta(cfg: RunConfig) -> dict[str, str]:
     return meta
 
 
-def _rank_device(device: torch.device) -> torch.device:
-    """Under torchrun, a bare ``cuda`` means this process's GPU (LOCAL_RANK), not GPU 0 for every rank."""
-    import os
-
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
 def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> Prepared:
     """Load and check every input (and, on resume, the checkpoint), then - only then - claim the run directory."""
     run = RunDir(Path(str(cfg.run.out)), command=command)
-    device = _rank_device(select_device(cfg.run.device))
+    device = rank_device(select_device(cfg.run.device))
+    if cfg.train.sync_bn:  # refused before anything is loaded
+        check_sync_bn(cfg.method.name, parse_method(cfg.method.name).base.double_backward, device)
     init_distributed(device)
     run.check(resume=resume, overwrite=overwrite)  # every rank, before rank 0 writes anything
     splits = load_dataset(str(cfg.data.name), cfg.data.dir, download=cfg.data.download,
@@ -191,17 +186,24 @@ def _write_config(prep: Prepared) -> None:
 def _evaluate_final(prep: Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str,
                     reuse: bool = False) -> EvaluationResult:
     """Test-split evaluation at the training budget. With ``reuse`` (the teacher), an identical stored
-    evaluation is reused instead of attacking again, and a fresh one is stored."""
+    evaluation is reused instead of attacking again, and a fresh one is stored.
+
+    Under ``torchrun`` every rank calls this and attacks its share of the batches (no resumable
+    state then); otherwise ``eval_workers`` local processes share them.
+    """
     e = prep.cfg.evaluation
     settings = eval_settings(float(prep.cfg.method.eps or 0.0), e.seed)
     attacks = [a.name for a in settings.attacks(e.attacks) if not (e.no_aa and a.name == "aa")]
     split = prep.splits.test.head(e.n_examples)
+    distributed = prep.trainer.dist.enabled
+    # --resume continues a killed evaluation (one process writes the run directory: not under torchrun)
+    state = None if distributed else prep.run.file(f".{description}-evaluation.partial.json")
     return evaluate_or_reuse(
         model, split, prep.splits.info.class_names, attacks=attacks, settings=settings, model_id=model_id,
         dataset=prep.splits.info.name, model_info=info, reuse=reuse,
         reused_message=f"{description}: reusing the identical evaluation from {{source}}",
-        batch_size=e.batch_size, device=prep.device, description=description,
-        state_path=prep.run.file(f".{description}-evaluation.partial.json"),  # --resume continues a killed evaluation
+        batch_size=e.batch_size, device=prep.device, description=description, state_path=state,
+        workers=e.workers, distributed=distributed,
     )
 
 
@@ -209,8 +211,9 @@ def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = Fal
     """Train a student (distillation, or teacher-free adversarial training) and report on it.
 
     Teacher-free runs (``train-teacher``) write ``teacher.safetensors`` instead of ``student.safetensors``.
-    Under ``torchrun`` every rank trains; only rank 0 writes the model and evaluates it (the
-    others return right after training with ``student=None``); each leaves the process group.
+    Under ``torchrun`` every rank trains, validates and evaluates its share of the batches and
+    returns the whole evaluation; only rank 0 writes files (and ``comparison`` is ``None`` on the
+    others); each leaves the process group.
     """
     try:
         return _run(cfg, command, resume=resume, overwrite=overwrite)
@@ -220,10 +223,28 @@ def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = Fal
 
 def _announce(prep: Prepared) -> None:
     cfg = prep.cfg
-    if is_main_process():
-        console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
-                      f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
-                      f"device {prep.device}; run directory [bold]{prep.run.path}[/]")
+    if not is_main_process():
+        return
+    console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
+                  f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
+                  f"device {prep.device}; run directory [bold]{prep.run.path}[/]")
+    batch = global_batch(prep)
+    if batch["world_size"] > 1:
+        console.print(f"DDP: {batch['world_size']} processes x --batch-size {batch['batch_size_per_process']} = global "
+                      f"batch {batch['global_batch_size']} ({cfg.method.name}'s reference batch: "
+                      f"{batch['reference_batch_size']})", markup=False)
+    if batch["world_size"] > 1 and batch["global_batch_size"] != batch["reference_batch_size"]:
+        per = max(1, batch["reference_batch_size"] // batch["world_size"])
+        console.print(f"[yellow]warning:[/] the global batch {batch['global_batch_size']} differs from the "
+                      f"{batch['reference_batch_size']} of {cfg.method.name}'s recipe (lr {cfg.train.lr:g} goes with it); "
+                      f"--batch-size {per} keeps the recipe, or scale --lr with the batch")
+
+
+def global_batch(prep: Prepared) -> dict[str, Any]:
+    """How the batch is split under DDP (``--batch-size`` is per process): what report.json records."""
+    world, per = prep.trainer.dist.world, int(prep.cfg.train.batch_size or 1)
+    return {"world_size": world, "batch_size_per_process": per, "global_batch_size": world * per,
+            "reference_batch_size": prep.trainer.strategy.spec.reference_batch, "sync_bn": prep.cfg.train.sync_bn}
 
 
 def _run(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> RunResult:
@@ -242,14 +263,15 @@ def _train_and_report(prep: Prepared) -> RunResult:
     history = _fit(prep)
     model_path = prep.run / ("student.safetensors" if cfg.teacher.id else "teacher.safetensors")
     report_path = prep.run / "report.json"
-    if not is_main_process():
-        return RunResult(prep.run.path, model_path, report_path, None, None, history, cfg)
     _save_model(prep, model_path)
+    barrier()  # every rank describes the saved file (its sha256 keys the cache)
     student_eval = _evaluate_final(prep, prep.student, str(model_path), describe_model(str(model_path), prep.student), "student")
     teacher_eval = None
     if prep.teacher is not None and cfg.teacher.id:
         info = describe_model(cfg.teacher.id, prep.teacher, _teacher_options(cfg))
         teacher_eval = _evaluate_final(prep, prep.teacher, cfg.teacher.id, info, "teacher", reuse=True)
+    if not is_main_process():
+        return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg)
     comparison = write_run_report(prep, student_eval, teacher_eval, history)
     return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison)
 
@@ -268,9 +290,12 @@ def _fit(prep: Prepared) -> list[dict[str, Any]]:
 
 
 def _save_model(prep: Prepared, path: Path) -> None:
+    """Label the trained model with its provenance (every rank) and write it (rank 0)."""
     cfg = prep.cfg
     spec = prep.student.spec.with_(source=_provenance(cfg), dataset=cfg.data.name, eps=cfg.method.eps)
     prep.student.spec = spec
+    if not is_main_process():
+        return
     extra = {"dataset": str(cfg.data.name), "method": cfg.method.name, "eps": repr(cfg.method.eps), **prep.teacher_meta}
     save_classifier(prep.student, prep.run.file(path.name), config=cfg.to_dict(), extra=extra)
 
@@ -293,7 +318,7 @@ def write_run_report(prep: Prepared, student: EvaluationResult, teacher: Evaluat
         "schema": DISTILL_SCHEMA,
         "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.train.select,
                 "selected_epoch": selected, "selected_validation": _validation(history, selected),
-                "final_validation": _validation(history, len(history))},
+                "final_validation": _validation(history, len(history)), "batch": global_batch(prep)},
         "student": student.to_dict(),
         "teacher": teacher.to_dict() if teacher is not None else None,
     }

@@ -52,6 +52,10 @@ class MethodSpec:
         epochs: the paper's run length.
         dataset_epochs: run length on particular datasets (chosen on their validation split).
         extra_teachers: names of teachers besides the robust one (e.g. MTARD's ``natural``).
+        reference_batch: the batch size of the paper's recipe (its learning rate goes with it); a
+            DDP run whose global batch differs is warned.
+        double_backward: the loss differentiates through an input gradient (``create_graph``), which
+            SyncBatchNorm cannot do (``--sync-bn`` is refused).
     """
 
     name: str
@@ -66,6 +70,8 @@ class MethodSpec:
     epochs: int = PAPER_EPOCHS
     dataset_epochs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     extra_teachers: tuple[str, ...] = ()
+    reference_batch: int = 128
+    double_backward: bool = False
 
     def default_params(self) -> dict[str, Any]:
         return defaults(self.params)
@@ -82,7 +88,8 @@ S = TypeVar("S", bound=type)
 def register_method(
     *, name: str, summary: str, attack_mode: AttackMode, needs_teacher: bool = True, fair_wrappable: bool | None = None,
     schedule: str = "ard", weight_decay: float = 2e-4, epochs: int = PAPER_EPOCHS,
-    dataset_epochs: Mapping[str, int] | None = None, extra_teachers: tuple[str, ...] = (),
+    dataset_epochs: Mapping[str, int] | None = None, extra_teachers: tuple[str, ...] = (), reference_batch: int = 128,
+    double_backward: bool = False,
 ) -> Callable[[S], S]:
     """Class decorator: register a :class:`Strategy` subclass and attach its :class:`MethodSpec` as ``cls.spec``.
 
@@ -100,6 +107,7 @@ def register_method(
             name=name, summary=summary, strategy=cls, params=cls.Params, attack_mode=AttackMode(attack_mode),
             needs_teacher=needs_teacher, fair_wrappable=wrappable, schedule=schedule, weight_decay=weight_decay,
             epochs=epochs, dataset_epochs=MappingProxyType(dict(dataset_epochs or {})), extra_teachers=extra_teachers,
+            reference_batch=reference_batch, double_backward=double_backward,
         )
         METHODS.add(spec)
         cls.spec = spec
