@@ -38,7 +38,11 @@ app = typer.Typer(
 _state = {"debug": os.environ.get("ROBUSTDISTILL_DEBUG") == "1"}
 F = TypeVar("F", bound=Callable[..., Any])
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    quiet, console.quiet = console.quiet, False  # --json / --quiet silence messages, never the error
+    try:
+        console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    finally:
+        console.quiet = quiet
     raise typer.Exit(code)
 
 

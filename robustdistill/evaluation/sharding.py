@@ -83,10 +83,10 @@ def gather_ranks(partial: Partial, batches: int) -> None:
 
 # --------------------------------------------------------------------------- how many workers
 def cpu_budget() -> int:
-    """Cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when that is set."""
+    """Cores this process may use: torch's intra-op thread count (``OMP_NUM_THREADS``, ``torch.set_num_threads``;
+    by default the physical cores), capped by the CPU affinity."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else max(1, cores)
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 def start_method() -> str:
