@@ -113,7 +113,7 @@ DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where th
 EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. \\[default: the budget the model was trained at; required when it records none]")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Largest evaluation batch; the examples are cut into equal batches of at most this size (recorded: results depend on it).")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local CPU processes that share the batches, one intra-op thread each (per-sample results are the same). Under torchrun every rank takes its share instead. \\[default: one per core for models up to 2 M parameters on a CPU, else 1]")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local CPU processes that share the batches, one intra-op thread each (per-sample results are the same). Under torchrun every rank takes its share instead. \\[default: one per core for models up to 12 M parameters on a CPU, else 1]")]
 
 
 def _floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
@@ -141,9 +141,9 @@ def _emit_json(payload: Any) -> None:
 
 
 def _output_mode(as_json: bool, quiet: bool) -> None:
-    """``--json`` and ``--quiet`` silence progress and messages (stderr); errors are still printed."""
-    if as_json or quiet:
-        set_quiet(True)
+    """``--json`` and ``--quiet`` silence progress and messages (stderr); errors are still printed.
+    Set on every command, so one in-process command's ``--json`` does not silence the next."""
+    set_quiet(as_json or quiet)
 
 
 # --------------------------------------------------------------------------- evaluate

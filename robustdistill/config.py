@@ -151,7 +151,7 @@ class EvaluationSection:
                                     help="Evaluate the first N test examples.")
     batch_size: int = option(256, "eval_batch_size", help="Largest evaluation batch; the examples are cut into "
                              "equal batches of at most this size (results depend on it).")
-    workers: int | None = option(None, "eval_workers", default_text="one per core for models up to 2 M parameters "
+    workers: int | None = option(None, "eval_workers", default_text="one per core for models up to 12 M parameters "
                                  "on a CPU, else 1", help="Local CPU processes sharing the final evaluation's batches "
                                  "(same per-sample results; under torchrun every rank takes its share instead).")
     seed: int = option(0, "eval_seed",

@@ -167,6 +167,17 @@ def test_a_domain_error_in_a_worker_is_raised_in_the_parent(digits, model_file, 
                        batch_size=BATCH, settings=eval_settings(EPS), workers=2)
 
 
+def test_a_worker_killed_by_a_signal_is_a_one_line_error(digits, model_file, monkeypatch):
+    """A worker that dies without a word (the kernel's OOM killer) stops the evaluation with a clear message."""
+    import signal
+
+    model = load_model(str(model_file))
+    monkeypatch.setattr(FGSM, "correct", lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+    with pytest.raises(RobustDistillError, match="killed by signal 9"):
+        evaluate_model(model, digits.test, digits.info.class_names, attacks=("clean", "fgsm"), n_examples=N,
+                       batch_size=BATCH, settings=eval_settings(EPS), workers=2)
+
+
 def test_fairness_report_takes_workers(model_file, cli, tmp_path):
     args = ["fairness-report", "bundled:digits", model_file, "--eps", str(EPS), "--attacks", "clean,pgd", "-n", str(N),
             "-b", str(BATCH), "--fresh", "--json"]
@@ -180,7 +191,7 @@ def test_fairness_report_takes_workers(model_file, cli, tmp_path):
 # --------------------------------------------------------------------------- how many workers
 def test_default_workers_rule(digits, monkeypatch):
     small = build_student("tiny_cnn", digits.info.hint())
-    large = build_student("resnet18", load_dataset("digits").info.hint())
+    large = build_student("resnet34", digits.info.hint())  # 21 M parameters
     cpu = torch.device("cpu")
     monkeypatch.setattr(sharding, "cpu_budget", lambda: 4)
     assert sharding.default_workers(small, cpu, batches=10) == 4  # one per core

@@ -12,8 +12,10 @@ reductions can round differently with another number of intra-op threads).
   with one intra-op thread. They send each batch's verdicts to the parent as they finish; the
   parent keeps the resumable state and draws the progress.
 
-The default number of workers (:func:`default_workers`) is measured on a 2-core CPU in
-``benchmarks/results/scaling.md``.
+The default number of workers (:func:`default_workers`) comes from measurements on a 2-core CPU
+(``benchmarks/results/scaling.md``): 2 processes were as fast as 2 intra-op threads or faster for
+every model measured (1.7-1.9x over one thread; AutoAttack 1.72x against 1.25x), and 1.0-1.6x
+while another program kept a core busy, when 2 threads fell to 0.2-0.5x.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from ..data import Split
 from ..errors import RobustDistillError, UsageError
 from .work import BatchResult, EvalJob, Partial, run_shard
 
-#: Models up to this many parameters run their CPU evaluation in one process per core by default
-#: (measured: benchmarks/results/scaling.md); larger ones use torch's intra-op threads in one process.
-SMALL_MODEL_PARAMETERS = 2_000_000
+#: Models up to this many parameters run their CPU evaluation in one process per core by default: on
+#: 2 cores, 2 processes were as fast as 2 threads or faster for every model measured, up to ResNet-18
+#: (11.2 M), and far faster while other programs ran (benchmarks/results/scaling.md). Larger models
+#: (WideResNet teachers) were not measured and keep one process: a second one doubles the activations.
+SMALL_MODEL_PARAMETERS = 12_000_000
 
 
 # --------------------------------------------------------------------------- DDP
@@ -101,12 +105,13 @@ def _parameters(model: nn.Module) -> int:
 
 
 def default_workers(model: nn.Module, device: torch.device, batches: int) -> int:
-    """The measured default: one process per core for a small model on a CPU, else 1.
+    """The measured default: on a CPU, one process per usable core (:func:`cpu_budget`) for models up to
+    :data:`SMALL_MODEL_PARAMETERS` parameters, never more than the batches; else 1.
 
-    1 on GPUs and MPS (use ``torchrun``), for exported files (onnxruntime sessions do not survive
-    a fork), where worker processes would be spawned (a script without a ``__main__`` guard
-    would re-run itself), and for models above :data:`SMALL_MODEL_PARAMETERS` parameters,
-    which torch's intra-op threads already spread over the cores.
+    1 on GPUs and MPS (use ``torchrun``, one process per device), for exported files (their
+    runtime's thread pools do not survive a fork), where worker processes would have to be spawned
+    rather than forked (a script without a ``__main__`` guard would re-run itself), and for larger
+    models. ``OMP_NUM_THREADS=1`` (or ``torch.set_num_threads(1)``) therefore means one process.
     """
     if device.type != "cpu" or not getattr(model, "differentiable", True) or start_method() != "fork":
         return 1
@@ -146,7 +151,8 @@ def run_workers(model: nn.Module, data: Split, job: EvalJob, workers: int, parti
         return 0
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context(method or start_method())
+    method = method or start_method()
+    ctx = mp.get_context(method)
     results = ctx.Queue()
     done = {a: set(b) for a, b in partial.done.items()}
     procs = [ctx.Process(target=_worker, args=(i, model, data, job, numbers, done, results),
@@ -154,7 +160,7 @@ def run_workers(model: nn.Module, data: Split, job: EvalJob, workers: int, parti
     try:
         for proc in procs:
             proc.start()
-        _collect(procs, results, on_batch)
+        _collect(procs, results, on_batch, method)
     finally:
         _stop(procs, results)
     return len(procs)
@@ -186,7 +192,7 @@ def _portable(exc: BaseException) -> Any:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _collect(procs: Sequence[Any], results: Any, on_batch: Callable[[BatchResult, int], None]) -> None:
+def _collect(procs: Sequence[Any], results: Any, on_batch: Callable[[BatchResult, int], None], method: str) -> None:
     """Hand each arriving batch to ``on_batch`` until every worker is done; raise a worker's error here."""
     finished: set[int] = set()
     suspects: set[int] = set()
@@ -197,7 +203,7 @@ def _collect(procs: Sequence[Any], results: Any, on_batch: Callable[[BatchResult
             dead = {i for i, p in enumerate(procs) if i not in finished and p.exitcode is not None}
             if dead & suspects:  # exited, and nothing more arrived from it since: it died
                 index = min(dead & suspects)
-                raise _died(index, procs[index].exitcode)
+                raise _died(index, procs[index].exitcode, method)
             suspects = dead
             continue
         if kind == "batch":
@@ -209,12 +215,14 @@ def _collect(procs: Sequence[Any], results: Any, on_batch: Callable[[BatchResult
                 f"evaluation worker {index} failed ({payload}); re-run with --workers 1 to see it in this process")
 
 
-def _died(index: int, code: int | None) -> RobustDistillError:
+def _died(index: int, code: int | None, method: str) -> RobustDistillError:
     if code is not None and code < 0:
         return RobustDistillError(f"evaluation worker {index} was killed by signal {-code} (out of memory?); "
                                   "use fewer --workers or a smaller --batch-size")
-    return RobustDistillError(f"evaluation worker {index} exited with code {code} before finishing; a script that "
-                              "starts workers must guard its entry point with if __name__ == '__main__', or use --workers 1")
+    if method == "spawn":  # a spawned worker first re-imports the main script
+        return RobustDistillError(f"evaluation worker {index} exited with code {code} before finishing; a script that "
+                                  "starts workers must guard its entry point with if __name__ == '__main__', or use --workers 1")
+    return RobustDistillError(f"evaluation worker {index} exited with code {code} before finishing; re-run with --workers 1")
 
 
 def _stop(procs: Sequence[Any], results: Any) -> None:
