@@ -228,7 +228,7 @@ def _announce(prep: Prepared) -> None:
     console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'} → {cfg.student.arch} on "
                   f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
                   f"device {prep.device}; run directory [bold]{prep.run.path}[/]")
-    batch = global_batch(prep)
+    batch = _global_batch(prep)
     if batch["world_size"] > 1:
         console.print(f"DDP: {batch['world_size']} processes x --batch-size {batch['batch_size_per_process']} = global "
                       f"batch {batch['global_batch_size']} ({cfg.method.name}'s reference batch: "
@@ -240,7 +240,7 @@ def _announce(prep: Prepared) -> None:
                       f"--batch-size {per} keeps the recipe, or scale --lr with the batch")
 
 
-def global_batch(prep: Prepared) -> dict[str, Any]:
+def _global_batch(prep: Prepared) -> dict[str, Any]:
     """How the batch is split under DDP (``--batch-size`` is per process): what report.json records."""
     world, per = prep.trainer.dist.world, int(prep.cfg.train.batch_size or 1)
     return {"world_size": world, "batch_size_per_process": per, "global_batch_size": world * per,
@@ -318,7 +318,7 @@ def write_run_report(prep: Prepared, student: EvaluationResult, teacher: Evaluat
         "schema": DISTILL_SCHEMA,
         "run": {"config": cfg.to_dict(), "epochs_trained": len(history), "selected": cfg.train.select,
                 "selected_epoch": selected, "selected_validation": _validation(history, selected),
-                "final_validation": _validation(history, len(history)), "batch": global_batch(prep)},
+                "final_validation": _validation(history, len(history)), "batch": _global_batch(prep)},
         "student": student.to_dict(),
         "teacher": teacher.to_dict() if teacher is not None else None,
     }
