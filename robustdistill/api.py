@@ -14,10 +14,11 @@ from typing import Any, Mapping, Sequence
 
 from .fileio import sha256_file
 from .runtime import select_device
+from .train.distributed import joined_process_group, rank_device
 from .config import MAX_SEED, parse_budget
-from .data import DatasetSplits, load_dataset
+from .data import DatasetSplits, Split, load_dataset
 from .errors import UsageError
-from .evaluation import EvaluationResult, attack_names, eval_settings, refuse_gradient_attacks
+from .evaluation import EvalSettings, EvaluationResult, attack_names, eval_settings, refuse_gradient_attacks
 from .evaluation.cache import evaluate_or_reuse, partial_path
 from .models import Classifier, ModelOptions, check_fits, count_parameters, load_model, model_file, recorded_config, recorded_eps
 
@@ -118,6 +119,7 @@ def evaluate(
     pgd_steps: int | None = None, step_size: float | str | None = None, attack_params: Mapping[str, Any] | None = None,
     options: ModelOptions | Mapping[str, Any] | None = None, download: bool = False, image_size: int | None = None,
     splits: DatasetSplits | None = None, model_id: str | None = None, reuse: bool = True, profile: bool = True,
+    workers: int | None = None,
 ) -> EvaluationResult:
     """Evaluate a model with exact per-class results (the Python twin of ``robustdistill evaluate``).
 
@@ -131,6 +133,8 @@ def evaluate(
         reuse: return an identical stored evaluation instead of attacking again (same model file,
             data, examples, protocol, batch size and library versions), and store a fresh one.
         profile: add the model's cost (parameters, MACs, file size, CPU latency at batch 1 and 64).
+        workers: local CPU processes sharing the batches, with the same results (default: see
+            :func:`~robustdistill.evaluation.sharding.default_workers`); under torchrun call it on every rank.
 
     Example:
         >>> result = robustdistill.evaluate("bundled:digits", attacks="clean,pgd,aa")
@@ -146,18 +150,25 @@ def evaluate(
     net = _open_for(model, splits, opts, wanted, identifier)  # a missing or misfit model is reported before the eps rule
     budget = given_eps if given_eps is not None else model_budget(model if isinstance(model, str) else net, None, opts)
     settings = eval_settings(budget, seed, step_size=step, pgd_steps=pgd_steps, **dict(attack_params or {}))
-    chosen = settings.attacks(wanted)
-    dev = select_device(device)
-    net.to(dev)
     info = describe_model(identifier, net, opts) if isinstance(model, str) else _describe_object(net)
-    class_names = _class_names(net, splits)
-    result = evaluate_or_reuse(
-        net, data, class_names, attacks=[a.name for a in chosen], settings=settings, model_id=model_id or identifier,
-        dataset=splits.info.name, model_info=info, reuse=reuse, batch_size=batch_size, device=dev,
-        reused_message=f"reusing the identical evaluation of {model_id or identifier} from {{source}} (pass --fresh to attack again)",
-        state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
-    )
+    result = _attack_model(net, data, splits, settings, [a.name for a in settings.attacks(wanted)],
+                           model_id or identifier, info, device, batch_size=batch_size, reuse=reuse, workers=workers)
     return with_cost(result, net, model_file(model, opts) if isinstance(model, str) else None) if profile else result
+
+
+def _attack_model(net: Classifier, data: Split, splits: DatasetSplits, settings: EvalSettings, attacks: Sequence[str],
+                  model_id: str, info: dict[str, Any], device: str | None, **options: Any) -> EvaluationResult:
+    """Evaluate (or reuse) on this process's device; under ``torchrun`` every rank takes its share."""
+    dev = rank_device(select_device(device))
+    net.to(dev)
+    with joined_process_group(dev) as group:
+        return evaluate_or_reuse(
+            net, data, _class_names(net, splits), attacks=attacks, settings=settings, model_id=model_id,
+            dataset=splits.info.name, model_info=info, device=dev,
+            reused_message=f"reusing the identical evaluation of {model_id} from {{source}} (pass --fresh to attack again)",
+            state_path=partial_path(info.get("sha256")),  # a killed evaluation continues where it stopped
+            distributed=group.enabled, **options,
+        )
 
 
 def with_cost(result: EvaluationResult, model: Any, file: Path | None) -> EvaluationResult:

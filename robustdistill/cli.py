@@ -25,7 +25,7 @@ import click
 import typer
 
 from .errors import RobustDistillError
-from .progress import console, error_console, set_quiet, stdout_console
+from .progress import console, error_console, is_main_process, set_quiet, stdout_console
 
 app = typer.Typer(
     name="robustdistill",
@@ -110,7 +110,8 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the dataset lives (imagefolder: the folder of class folders). \\[default: ./data]")]
 EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="L-inf budget in [0,1] pixel units, e.g. 8/255. \\[default: the budget the model was trained at; required when it records none]")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size (recorded: results depend on it).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Largest evaluation batch; the examples are cut into equal batches of at most this size (recorded: results depend on it).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Local CPU processes that share the batches, one intra-op thread each (per-sample results are the same). Under torchrun every rank takes its share instead. \\[default: one per core for models up to 12 M parameters on a CPU, else 1]")]
 
 
 def _floats(text: Optional[str], name: str) -> Optional[tuple[float, ...]]:
@@ -138,9 +139,9 @@ def _emit_json(payload: Any) -> None:
 
 
 def _output_mode(as_json: bool, quiet: bool) -> None:
-    """``--json`` and ``--quiet`` silence progress and messages (stderr); errors are still printed."""
-    if as_json or quiet:
-        set_quiet(True)
+    """``--json`` and ``--quiet`` silence progress and messages (stderr); errors are still printed.
+    Set on every command, so one in-process command's ``--json`` does not silence the next."""
+    set_quiet(as_json or quiet)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -171,6 +172,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and report.md into this directory.")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
     profile: Annotated[bool, typer.Option("--profile/--no-profile", metavar="", help="Add the model's cost: parameters, MACs, file size, CPU latency at batch 1 and 64.")] = True,
+    workers: WorkersOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -185,8 +187,10 @@ def evaluate(
         batch_size=batch_size, device=device, seed=seed, pgd_steps=pgd_steps,
         attack_params={"aa_version": aa_version, **_key_values(attack_param)},
         options=_model_options(arch, num_classes, weights, model_dir, mean, std), download=download,
-        image_size=image_size, reuse=not fresh, profile=profile,
+        image_size=image_size, reuse=not fresh, profile=profile, workers=workers,
     )
+    if not is_main_process():  # under torchrun every rank attacked its share; rank 0 writes and prints
+        return
     paths = list(_write_outputs(target, lambda path_for: write_evaluation(result, path_for)))
     if as_json:
         _emit_json({"evaluation": result.to_dict() | {"per_sample": None}, "files": [str(p) for p in paths]})
@@ -446,6 +450,8 @@ def _run_from_cli(ctx: typer.Context, command: str, values: dict[str, Any]) -> N
     else:
         cfg = new_config(command, options, params)
     result = run_training(cfg, command=command, resume=values["resume"], overwrite=values["overwrite"])
+    if not is_main_process():  # under torchrun rank 0 prints (and wrote the files)
+        return
     if values["as_json"]:
         _emit_json(result.summary())
     elif result.student is not None:
@@ -494,6 +500,7 @@ def fairness_report_cmd(
     batch_size: BatchOpt = 256,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random starts and of AutoAttack. \\[default: the first report.json's, else 0]")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if identical evaluations of the model files are stored.")] = False,
+    workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
     num_classes: NumClassesOpt = None,
@@ -513,8 +520,10 @@ def fairness_report_cmd(
     comparison = fairness_report(
         models, labels=[s.strip() for s in labels.split(",")] if labels else None, dataset=dataset, data_dir=data_dir,
         attacks=attacks, eps=eps, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
-        options=_model_options(arch, num_classes, weights, model_dir, mean, std), reuse=not fresh,
+        options=_model_options(arch, num_classes, weights, model_dir, mean, std), reuse=not fresh, workers=workers,
     )
+    if not is_main_process():  # under torchrun every rank attacked its share; rank 0 writes and prints
+        return
     paths = _write_outputs(target, lambda path_for: write_fairness(comparison, path_for))
     if as_json:
         from .render import comparison_json

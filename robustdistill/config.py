@@ -146,6 +146,8 @@ class TrainSection:
                                  help="Intra-op threads of this process.")
     compile: bool = option(False, "compile", help="torch.compile the student and the teacher (measured: slower on "
                            "CPUs for small models, see benchmarks/results/numeric_path.md).")
+    sync_bn: bool = option(False, "sync_bn", help="Under torchrun on CUDA GPUs: SyncBatchNorm in the student (batch "
+                           "statistics over every rank's batch). Not for KDIGA, whose double backward it cannot do.")
     seed: int = option(0, "seed", help="Seed of the initial weights, data order, augmentation and attacks.")
     select: Literal["last", "best-val", "fair"] = option(
         "last", "select", help="Report the last epoch, the best on validation PGD (best-val), or Fair-ARD's rule (fair): "
@@ -162,7 +164,11 @@ class EvaluationSection:
         "'not the reference AutoAttack' wherever its number appears).")
     n_examples: int | None = option(None, "eval_n_examples", default_text="all",
                                     help="Evaluate the first N test examples.")
-    batch_size: int = option(256, "eval_batch_size", help="Evaluation batch size.")
+    batch_size: int = option(256, "eval_batch_size", help="Largest evaluation batch; the examples are cut into "
+                             "equal batches of at most this size (results depend on it).")
+    workers: int | None = option(None, "eval_workers", default_text="one per core for models up to 12 M parameters "
+                                 "on a CPU, else 1", help="Local CPU processes sharing the final evaluation's batches "
+                                 "(same per-sample results; under torchrun every rank takes its share instead).")
     seed: int = option(0, "eval_seed",
                        help="Seed of the final evaluation's random starts and AutoAttack (fixed across training seeds).")
 
@@ -307,7 +313,7 @@ def validate(cfg: RunConfig) -> None:
             "attack, which looks like robustness; use --amp bf16 (or auto)")
     for name, value in (("epochs", t.epochs), ("batch_size", t.batch_size), ("val_pgd_steps", t.val_pgd_steps),
                         ("attack_steps", m.attack_steps), ("eval_batch_size", e.batch_size),
-                        ("eval_n_examples", e.n_examples), ("image_size", cfg.data.image_size),
+                        ("eval_n_examples", e.n_examples), ("eval_workers", e.workers), ("image_size", cfg.data.image_size),
                         ("val_size", cfg.data.val_size)):
         _check_int(name, value, 1, 10**9)
     _check_int("seed", t.seed, 0)

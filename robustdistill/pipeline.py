@@ -31,9 +31,11 @@ from .resolve import COMMAND_DEFAULTS, new_config, resume_config
 from .fairness import Comparison, compare
 from .reports import DISTILL_SCHEMA
 from .rundir import RunDir
+from .methods import parse_method
 from .train import TrainConfig, Trainer, barrier, destroy_distributed, init_distributed, read_checkpoint
 from .train.numerics import NumericPath, choose_numeric_path, forward_macs
 from .train.numerics import apply as apply_numeric_path
+from .train.distributed import check_sync_bn, rank_device
 
 #: The method of the no-argument job: Fair-ARD reweighting over IAD, the base with the best average
 #: and worst-class validation robustness on digits (benchmarks/results/default_job.md).
@@ -78,7 +80,7 @@ def train_config(cfg: RunConfig, numeric: NumericPath) -> TrainConfig:
     return TrainConfig(
         epochs=int(t.epochs or 1), batch_size=int(t.batch_size or 1), optimizer=t.optimizer, lr=t.lr,
         momentum=t.momentum, weight_decay=float(t.weight_decay or 0.0), nesterov=t.nesterov,
-        schedule=str(t.schedule), amp=numeric.amp, channels_last=numeric.channels_last, seed=t.seed,
+        schedule=str(t.schedule), amp=numeric.amp, channels_last=numeric.channels_last, sync_bn=t.sync_bn, seed=t.seed,
         val_pgd_steps=t.val_pgd_steps, select=t.select,
     )
 
@@ -108,6 +110,7 @@ class Prepared:
     teacher_meta: dict[str, str]
     numeric: NumericPath
     extra_teachers: dict[str, Classifier]
+    threads_at_start: int
 
 
 def _teacher_options(cfg: RunConfig) -> ModelOptions:
@@ -174,19 +177,12 @@ def _teacher_meta(cfg: RunConfig) -> dict[str, str]:
     return meta
 
 
-def _rank_device(device: torch.device) -> torch.device:
-    """Under torchrun, a bare ``cuda`` means this process's GPU (LOCAL_RANK), not GPU 0 for every rank."""
-    import os
-
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
 def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> Prepared:
     """Load and check every input (and, on resume, the checkpoint), then - only then - claim the run directory."""
     run = RunDir(Path(str(cfg.run.out)), command=command)
-    device = _rank_device(select_device(cfg.run.device))
+    device = rank_device(select_device(cfg.run.device))
+    if cfg.train.sync_bn:  # refused before anything is loaded
+        check_sync_bn(cfg.method.name, parse_method(cfg.method.name).base.double_backward, device)
     init_distributed(device)
     run.check(resume=resume, overwrite=overwrite)  # every rank, before rank 0 writes anything
     splits = load_dataset(str(cfg.data.name), cfg.data.dir, download=cfg.data.download,
@@ -199,6 +195,7 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     strategy = build_strategy(cfg.method.name, {**cfg.method.params, **cfg.method.fair}, attack=attack,
                               num_classes=splits.info.num_classes)
     teacher_meta = _teacher_meta(cfg)
+    threads_at_start = torch.get_num_threads()
     numeric = numeric_path_for(cfg, device, [m for m in (student, teacher) if m is not None])
     state = _saved_state(run, teacher_meta) if resume else None
     _claim(run, resume=resume, overwrite=overwrite)
@@ -212,7 +209,7 @@ def _prepare(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> 
     if state is not None:
         trainer.resume_from(state, run / "checkpoint.pt")
     return Prepared(cfg, command, splits, teacher, student, trainer, run, device, teacher_meta, numeric,
-                    extra_teachers)
+                    extra_teachers, threads_at_start)
 
 
 def _saved_state(run: RunDir, teacher_meta: Mapping[str, str]) -> dict[str, Any] | None:
@@ -253,27 +250,35 @@ def _write_config(prep: Prepared) -> None:
 def _evaluate_final(prep: Prepared, model: Classifier, model_id: str, info: dict[str, Any], description: str,
                     file: Path | None, reuse: bool = False) -> EvaluationResult:
     """Test-split evaluation at the training budget. With ``reuse`` (the teacher), an identical stored
-    evaluation is reused instead of attacking again, and a fresh one is stored."""
+    evaluation is reused instead of attacking again, and a fresh one is stored.
+
+    Under ``torchrun`` every rank calls this and attacks its share of the batches (no resumable
+    state then); otherwise ``eval_workers`` local processes share them.
+    """
     e = prep.cfg.evaluation
     settings = eval_settings(float(prep.cfg.method.eps or 0.0), e.seed, aa_version=e.aa_version)
     attacks = [a.name for a in settings.attacks(e.attacks) if not (e.no_aa and a.name == "aa")]
     split = prep.splits.test.head(e.n_examples)
+    distributed = prep.trainer.dist.enabled
+    # --resume continues a killed evaluation (one process writes the run directory: not under torchrun)
+    state = None if distributed else prep.run.file(f".{description}-evaluation.partial.json")
     result = evaluate_or_reuse(
         model, split, prep.splits.info.class_names, attacks=attacks, settings=settings, model_id=model_id,
         dataset=prep.splits.info.name, model_info=info, reuse=reuse,
         reused_message=f"{description}: reusing the identical evaluation from {{source}}",
-        batch_size=e.batch_size, device=prep.device, description=description,
-        state_path=prep.run.file(f".{description}-evaluation.partial.json"),  # --resume continues a killed evaluation
+        batch_size=e.batch_size, device=prep.device, description=description, state_path=state,
+        workers=e.workers, distributed=distributed,
     )
-    return with_cost(result, model, file)
+    return with_cost(result, model, file) if is_main_process() else result  # timing on one rank is enough
 
 
 def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = False, overwrite: bool = False) -> RunResult:
     """Train a student (distillation, or teacher-free adversarial training) and report on it.
 
     Teacher-free runs (``train-teacher``) write ``teacher.safetensors`` instead of ``student.safetensors``.
-    Under ``torchrun`` every rank trains; only rank 0 writes the model and evaluates it (the
-    others return right after training with ``student=None``); each leaves the process group.
+    Under ``torchrun`` every rank trains, validates and evaluates its share of the batches and
+    returns the whole evaluation; only rank 0 writes files (and ``comparison`` is ``None`` on the
+    others); each leaves the process group.
     """
     try:
         return _run(cfg, command, resume=resume, overwrite=overwrite)
@@ -283,11 +288,29 @@ def run_training(cfg: RunConfig, *, command: str = "distill", resume: bool = Fal
 
 def _announce(prep: Prepared) -> None:
     cfg = prep.cfg
-    if is_main_process():
-        natural = f" + natural {cfg.teacher.natural}" if cfg.teacher.natural else ""
-        console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'}{natural} → {cfg.student.arch} on "
-                      f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
-                      f"device {prep.device}, {prep.numeric.reason}; run directory [bold]{prep.run.path}[/]")
+    if not is_main_process():
+        return
+    natural = f" + natural {cfg.teacher.natural}" if cfg.teacher.natural else ""
+    console.print(f"[bold]{cfg.method.name}[/]: {cfg.teacher.id or '(no teacher)'}{natural} → {cfg.student.arch} on "
+                  f"{cfg.data.name}, eps {format_fraction(float(cfg.method.eps or 0))}, {cfg.train.epochs} epochs, "
+                  f"device {prep.device}, {prep.numeric.reason}; run directory [bold]{prep.run.path}[/]")
+    batch = _global_batch(prep)
+    if batch["world_size"] > 1:
+        console.print(f"DDP: {batch['world_size']} processes x --batch-size {batch['batch_size_per_process']} = global "
+                      f"batch {batch['global_batch_size']} ({cfg.method.name}'s reference batch: "
+                      f"{batch['reference_batch_size']})", markup=False)
+    if batch["world_size"] > 1 and batch["global_batch_size"] != batch["reference_batch_size"]:
+        per = max(1, batch["reference_batch_size"] // batch["world_size"])
+        console.print(f"[yellow]warning:[/] the global batch {batch['global_batch_size']} differs from the "
+                      f"{batch['reference_batch_size']} of {cfg.method.name}'s recipe (lr {cfg.train.lr:g} goes with it); "
+                      f"--batch-size {per} keeps the recipe, or scale --lr with the batch")
+
+
+def _global_batch(prep: Prepared) -> dict[str, Any]:
+    """How the batch is split under DDP (``--batch-size`` is per process): what report.json records."""
+    world, per = prep.trainer.dist.world, int(prep.cfg.train.batch_size or 1)
+    return {"world_size": world, "batch_size_per_process": per, "global_batch_size": world * per,
+            "reference_batch_size": prep.trainer.strategy.spec.reference_batch, "sync_bn": prep.cfg.train.sync_bn}
 
 
 def _run(cfg: RunConfig, command: str, *, resume: bool, overwrite: bool) -> RunResult:
@@ -304,16 +327,19 @@ def _train_and_report(prep: Prepared) -> RunResult:
     _write_config(prep)
     _announce(prep)
     history = _fit(prep)
+    _numerics_for_evaluation(prep)
     model_path = prep.run / ("student.safetensors" if cfg.teacher.id else "teacher.safetensors")
     report_path = prep.run / "report.json"
-    if not is_main_process():
-        return RunResult(prep.run.path, model_path, report_path, None, None, history, cfg)
     _save_model(prep, model_path)
+    barrier()  # every rank describes the saved file (its sha256 keys the cache)
     student_eval = _evaluate_final(prep, prep.student, str(model_path), describe_model(str(model_path), prep.student),
                                    "student", model_path)
     teacher_eval = _evaluate_teacher(prep, cfg.teacher.id, prep.teacher, _teacher_options(cfg), "teacher")
     natural_eval = _evaluate_teacher(prep, cfg.teacher.natural, prep.extra_teachers.get("natural"),
                                      _natural_options(cfg), "natural-teacher")
+    if not is_main_process():
+        return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg,
+                         natural_teacher=natural_eval)
     comparison = write_run_report(prep, student_eval, teacher_eval, history, natural_eval)
     return RunResult(prep.run.path, model_path, report_path, student_eval, teacher_eval, history, cfg, comparison,
                      natural_eval)
@@ -326,6 +352,15 @@ def _evaluate_teacher(prep: Prepared, identifier: str | None, model: Classifier 
         return None
     info = describe_model(identifier, model, options)
     return _evaluate_final(prep, model, identifier, info, role, model_file(identifier, options), reuse=True)
+
+
+def _numerics_for_evaluation(prep: Prepared) -> None:
+    """Undo what was chosen for training only: a small model's single intra-op thread (not one asked for
+    with ``--threads``) - so the evaluation's worker processes get every core - and cuDNN autotuning, whose
+    per-process kernel choice could make per-sample results depend on the number of processes."""
+    if prep.cfg.train.threads is None:
+        torch.set_num_threads(prep.threads_at_start)
+    torch.backends.cudnn.benchmark = False
 
 
 def _fit(prep: Prepared) -> list[dict[str, Any]]:
@@ -342,9 +377,12 @@ def _fit(prep: Prepared) -> list[dict[str, Any]]:
 
 
 def _save_model(prep: Prepared, path: Path) -> None:
+    """Label the trained model with its provenance (every rank) and write it (rank 0)."""
     cfg = prep.cfg
     spec = prep.student.spec.with_(source=_provenance(cfg), dataset=cfg.data.name, eps=cfg.method.eps)
     prep.student.spec = spec
+    if not is_main_process():
+        return
     extra = {"dataset": str(cfg.data.name), "method": cfg.method.name, "eps": repr(cfg.method.eps), **prep.teacher_meta}
     save_classifier(prep.student, prep.run.file(path.name), config=cfg.to_dict(), extra=extra)
 
@@ -371,7 +409,7 @@ def write_run_report(prep: Prepared, student: EvaluationResult, teacher: Evaluat
         "run": {"config": cfg.to_dict(), "numeric_path": prep.numeric.to_dict(), "epochs_trained": len(history),
                 "selected": cfg.train.select,
                 "selected_epoch": selected, "selected_validation": _validation(history, selected),
-                "final_validation": _validation(history, len(history))},
+                "final_validation": _validation(history, len(history)), "batch": _global_batch(prep)},
         "student": student.to_dict(),
         "teacher": teacher.to_dict() if teacher is not None else None,
     }

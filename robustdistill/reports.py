@@ -231,12 +231,14 @@ def fairness_report(
     seed: int | None = None,
     options: ModelOptions | None = None,
     reuse: bool = True,
+    workers: int | None = None,
 ) -> Comparison:
     """Load or evaluate every model, then :func:`~robustdistill.fairness.compare` them (the first is the reference).
 
     Stored report.json files are used as they are; the other models are evaluated with the
     explicit settings, else those of the first report, else the defaults (clean,pgd at 8/255, or
-    the eps recorded in the first robustdistill model). The data is loaded once.
+    the eps recorded in the first robustdistill model). The data is loaded once. ``workers``: local
+    CPU processes per evaluation, as for :func:`robustdistill.api.evaluate`.
     """
     from .units import parse_fraction
 
@@ -250,7 +252,8 @@ def fairness_report(
     results: dict[int, EvaluationResult] = dict(reports)
     todo = [k for k in range(len(models)) if k not in reports]
     if todo:
-        results.update(_evaluate_all(models, todo, reports, requested, data_dir, batch_size, device, seed, options, reuse))
+        results.update(_evaluate_all(models, todo, reports, requested, data_dir, batch_size, device, seed, options, reuse,
+                                     workers))
     ordered = [results[k] for k in range(len(models))]
     names = list(labels) if labels is not None else default_labels(models, ordered)
     return compare(list(zip(names, ordered)), attacks=requested.attacks)
@@ -258,7 +261,7 @@ def fairness_report(
 
 def _evaluate_all(models: Sequence[str], todo: Sequence[int], reports: dict[int, EvaluationResult], requested: Requested,
                   data_dir: str | Path | None, batch_size: int | None, device: str | None, seed: int | None,
-                  options: ModelOptions | None, reuse: bool) -> dict[int, EvaluationResult]:
+                  options: ModelOptions | None, reuse: bool, workers: int | None = None) -> dict[int, EvaluationResult]:
     """Evaluate the models that are not stored reports, on data loaded once."""
     from . import api
     from .data import load_dataset
@@ -272,7 +275,7 @@ def _evaluate_all(models: Sequence[str], todo: Sequence[int], reports: dict[int,
     # report's wins unless one is asked for.
     batch = batch_size or settings.pop("batch_size", None) or 256
     settings.pop("batch_size", None)
-    kwargs = {**settings, "batch_size": batch, "device": device, "splits": splits, "reuse": reuse}
+    kwargs = {**settings, "batch_size": batch, "device": device, "splits": splits, "reuse": reuse, "workers": workers}
     if options is not None:
         kwargs["options"] = options
     return {k: api.evaluate(models[k], **kwargs) for k in todo}

@@ -25,7 +25,8 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Options that may change when a run is resumed (they do not change what is trained).
 RESUMABLE_CHANGES = frozenset({"device", "no_aa", "eval_attacks", "eval_n_examples", "eval_batch_size", "eval_seed",
-                               "epochs", "log", "threads", "compile", "aa_version"})
+                               "epochs", "log", "threads", "compile", "aa_version",
+                               "eval_workers"})
 
 
 def new_config(command: str, options: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> RunConfig:

@@ -12,7 +12,7 @@ such per-rank debug files, so this script records them from the outside:
 ``torchrun --nproc_per_node=2 tests/ddp_train.py nan OUT_DIR``
     trains Fair-RSLAD directly with a :class:`Trainer` whose loss is NaN on rank 0 only (its 2nd
     and 3rd step), then writes ``OUT_DIR/rank<R>.json``: skipped steps, losses, class weights,
-    parameter hashes and which epochs validated.
+    parameter hashes, which epochs validated and their validation metrics.
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def run_nan(out_dir: str) -> int:
     history = trainer.fit()
     write_rank(out_dir, {"skipped": [r["skipped_steps"] for r in history], "loss": [r["train_loss"] for r in history],
                          "weights": strategy.weights.tolist(), "state": state_hashes(student),
-                         "validated": ["val_pgd" in r for r in history]})
+                         "validated": ["val_pgd" in r for r in history],
+                         "validation": [{k: v for k, v in r.items() if k.startswith("val_")} for r in history]})
     destroy_distributed()
     return 0
 

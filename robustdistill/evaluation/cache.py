@@ -2,7 +2,8 @@
 
 A stored evaluation is reused only when everything that determines its per-sample results is the
 same: the model file's sha256; the dataset, split and exact label vector of the evaluated
-examples; eps, the evaluation seed and the batch size (each batch has its own random start); and
+examples; eps, the evaluation seed, the batch size and the batching (each batch has its own random
+start); and
 for every requested attack its parameters and the code that computed it (robustdistill's attack
 code version, torch, and pyautoattack for AutoAttack). A different library version is a miss.
 Sources, in order:
@@ -33,6 +34,8 @@ from ..progress import console
 from .attacks import ATTACKS, EvalAttack, EvalSettings
 from .result import EvaluationResult
 from .runner import evaluate_model
+from .sharding import broadcast_from_main, distributed_world
+from .work import BATCHING
 
 CACHE_ENV = "ROBUSTDISTILL_CACHE"
 
@@ -57,7 +60,7 @@ def _labels_hash(labels: torch.Tensor) -> str:
 
 def _key(sha256: str, dataset: str, split: str, labels: torch.Tensor, settings: EvalSettings, batch_size: int) -> str:
     """File name of the cache entry for this model, data and protocol context (attacks live inside it)."""
-    payload = [sha256, dataset, split, _labels_hash(labels), settings.eps, settings.seed, batch_size]
+    payload = [sha256, dataset, split, _labels_hash(labels), settings.eps, settings.seed, batch_size, BATCHING]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
 
 
@@ -74,7 +77,7 @@ def _matches(stored: EvaluationResult, sha256: str, data: Split, dataset: str, s
              attacks: Sequence[EvalAttack], batch_size: int) -> bool:
     return (stored.model_info.get("sha256") == sha256 and stored.dataset == dataset and stored.split == data.name
             and torch.equal(stored.labels, data.labels.cpu()) and stored.settings.eps == settings.eps
-            and stored.settings.seed == settings.seed and stored.batch_size == batch_size
+            and stored.settings.seed == settings.seed and stored.batch_size == batch_size and stored.batching == BATCHING
             and all(_same_attack(stored, a) for a in attacks))
 
 
@@ -131,7 +134,8 @@ def store(result: EvaluationResult) -> Path | None:
 
 def _merge(old: EvaluationResult | None, new: EvaluationResult) -> EvaluationResult:
     """``new`` plus the attacks of ``old`` that ``new`` lacks (same model, data and protocol context)."""
-    if old is None or old.model_info.get("sha256") != new.model_info.get("sha256") or not torch.equal(old.labels, new.labels):
+    if (old is None or old.model_info.get("sha256") != new.model_info.get("sha256") or not torch.equal(old.labels, new.labels)
+            or old.batching != new.batching):
         return new
     extra = [a for a in old.correct if a not in new.correct and old.implementations.get(a)]
     if not extra:
@@ -143,7 +147,7 @@ def _merge(old: EvaluationResult | None, new: EvaluationResult) -> EvaluationRes
         new.model_id, new.dataset, new.split, new.class_names, new.labels,
         {**{a: old.correct[a] for a in extra}, **new.correct}, EvalSettings(new.settings.eps, new.settings.seed, params),
         seconds={**old.seconds, **new.seconds}, model_info=new.model_info, batch_size=new.batch_size,
-        provenance={**old.provenance, **new.provenance}, sharding=new.sharding,
+        provenance={**old.provenance, **new.provenance}, sharding=new.sharding, batching=new.batching,
         implementations={**old.implementations, **new.implementations}, versions=new.versions,
     ).restricted(names)
 
@@ -153,17 +157,24 @@ def evaluate_or_reuse(model: nn.Module, data: Split, class_names: Sequence[str],
                       reused_message: str, batch_size: int = 256, **evaluate_options: Any) -> EvaluationResult:
     """:func:`~robustdistill.evaluation.runner.evaluate_model`, unless ``reuse`` finds an identical stored
     evaluation (then ``reused_message``, formatted with its ``source``, is printed and it is
-    returned); with ``reuse`` a fresh result is stored for next time."""
+    returned); with ``reuse`` a fresh result is stored for next time.
+
+    With ``distributed=True`` every rank calls this: rank 0 alone looks in the cache (the others
+    get its answer), prints and stores.
+    """
     chosen = settings.attacks(attacks)
+    rank, world = distributed_world() if evaluate_options.get("distributed") else (0, 1)
     if reuse:
-        found = lookup(model_id, model_info.get("sha256"), data, dataset, settings, chosen, batch_size)
+        found = lookup(model_id, model_info.get("sha256"), data, dataset, settings, chosen, batch_size) if rank == 0 else None
+        found = broadcast_from_main(found) if world > 1 else found
         if found is not None:
             source = next(iter(found.provenance.values()))["source"]
-            console.print(reused_message.format(source=source))
+            if rank == 0:
+                console.print(reused_message.format(source=source))
             return found
     result = evaluate_model(model, data, class_names, attacks=[a.name for a in chosen], settings=settings,
                             model_id=model_id, dataset=dataset, model_info=model_info, batch_size=batch_size,
                             **evaluate_options)
-    if reuse:
+    if reuse and rank == 0:
         store(result)
     return result

@@ -38,15 +38,19 @@ class EvaluationResult:
         class_names: names of the classes, in label order.
         correct: per attack name, a bool per example (robust = correct clean *and* under the attack).
         settings: the protocol (eps, seed, attack parameters).
-        seconds: wall time per attack.
+        seconds: time per attack (with several processes, the longest one process spent on it).
         model_info: architecture, parameter count, file and sha256.
-        batch_size: examples per attacked batch (results may depend on it: each batch has its own seed).
+        batch_size: the largest attacked batch (results depend on it: each batch has its own seed).
+        batching: how the examples were cut into batches: ``balanced`` (``ceil(n / batch_size)`` batches
+            whose sizes differ by at most one) or ``fixed`` (batches of exactly ``batch_size`` and a
+            smaller last one: reports written before balanced batches, read but never reused).
         provenance: per attack, where the number came from: ``{"source": "computed", "computed": time}``
             or the stored evaluation it was reused from.
         implementations: per attack, the code that computed it (library versions included).
         cost: the model's parameters, MACs, file size and latency (measured when the result was
             made; not part of what an evaluation cache entry must match).
-        sharding: how the work was split (``world_size`` ranks x ``workers`` local processes).
+        sharding: how the work was split (``world_size`` DDP ranks, or ``workers`` local processes);
+            the per-sample results do not depend on it.
         versions: library versions the numbers were computed with.
         created: when this result was assembled (UTC).
     """
@@ -63,6 +67,7 @@ class EvaluationResult:
     batch_size: int | None = None
     provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     sharding: Mapping[str, int] = field(default_factory=lambda: {"world_size": 1, "workers": 1})
+    batching: str = "balanced"
     implementations: Mapping[str, str] = field(default_factory=dict)
     cost: CostProfile | None = None
     versions: Mapping[str, str] = field(default_factory=versions)
@@ -100,6 +105,7 @@ class EvaluationResult:
         eps = self.settings.eps
         return {
             "eps": eps, "eps_text": format_fraction(eps), "seed": self.settings.seed, "batch_size": self.batch_size,
+            "batching": self.batching,
             "attacks": {a: {"label": self.attack(a).label, "reference": self.attack(a).reference,
                             "parameters": self.attack(a).parameters(eps),
                             "implementation": self.implementations.get(a) or self.attack(a).implementation()}
@@ -137,6 +143,7 @@ class EvaluationResult:
             raise UsageError(f"not an evaluation report (schema {schema!r}); expected {SCHEMA}")
         legacy = schema == LEGACY_SCHEMA
         settings, batch_size = _settings_from(report["settings"], legacy=legacy)
+        batching = "fixed" if legacy else str(report["settings"].get("batching") or "fixed")
         per = report["per_sample"]
         model = dict(report["model"])
         model_id = str(model.pop("id"))
@@ -149,6 +156,7 @@ class EvaluationResult:
             class_names=tuple(str(c) for c in report["data"]["class_names"]), labels=labels, correct=correct,
             settings=settings, seconds=dict(report.get("seconds", {})), model_info=model, batch_size=batch_size,
             provenance=dict(report.get("provenance", {})), sharding=dict(report.get("sharding") or {"world_size": 1, "workers": 1}),
+            batching=batching,
             versions=dict(report.get("versions", {})), created=str(report.get("created", "")),
             implementations=_implementations(report, correct, legacy),
             cost=CostProfile.from_dict(report["cost"]) if report.get("cost") else None,

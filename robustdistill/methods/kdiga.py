@@ -30,7 +30,7 @@ def input_gradient(
 
 @register_method(
     name="kdiga", summary="KDIGA: clean KD plus input-gradient alignment with the teacher (Shao et al., arXiv 2021)",
-    attack_mode=AttackMode.NONE,
+    attack_mode=AttackMode.NONE, double_backward=True,
 )
 class KDIGA(Strategy):
     """Knowledge distillation with input gradient alignment (no adversarial examples).

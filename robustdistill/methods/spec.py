@@ -55,6 +55,10 @@ class MethodSpec:
         lr: default peak learning rate (FRL fine-tunes at 1e-3).
         requires_init: the method fine-tunes a given model (``--student-weights`` / ``--init``; FRL's hot start).
         fair_note: appended to the one-line summary of ``fair-<name>`` (e.g. that no paper proposes it).
+        reference_batch: the batch size of the paper's recipe (its learning rate goes with it); a
+            DDP run whose global batch differs is warned.
+        double_backward: the loss differentiates through an input gradient (``create_graph``), which
+            SyncBatchNorm cannot do (``--sync-bn`` is refused).
     """
 
     name: str
@@ -72,6 +76,8 @@ class MethodSpec:
     lr: float = 0.1
     requires_init: bool = False
     fair_note: str = ""
+    reference_batch: int = 128
+    double_backward: bool = False
 
     def default_params(self) -> dict[str, Any]:
         return defaults(self.params)
@@ -89,7 +95,7 @@ def register_method(
     *, name: str, summary: str, attack_mode: AttackMode, needs_teacher: bool = True, fair_wrappable: bool | None = None,
     schedule: str = "ard", weight_decay: float = 2e-4, epochs: int = PAPER_EPOCHS,
     dataset_epochs: Mapping[str, int] | None = None, extra_teachers: tuple[str, ...] = (), lr: float = 0.1,
-    requires_init: bool = False, fair_note: str = "",
+    requires_init: bool = False, fair_note: str = "", reference_batch: int = 128, double_backward: bool = False,
 ) -> Callable[[S], S]:
     """Class decorator: register a :class:`Strategy` subclass and attach its :class:`MethodSpec` as ``cls.spec``.
 
@@ -107,7 +113,8 @@ def register_method(
             name=name, summary=summary, strategy=cls, params=cls.Params, attack_mode=AttackMode(attack_mode),
             needs_teacher=needs_teacher, fair_wrappable=wrappable, schedule=schedule, weight_decay=weight_decay,
             epochs=epochs, dataset_epochs=MappingProxyType(dict(dataset_epochs or {})), extra_teachers=extra_teachers,
-            lr=lr, requires_init=requires_init, fair_note=fair_note,
+            lr=lr, requires_init=requires_init, fair_note=fair_note, reference_batch=reference_batch,
+            double_backward=double_backward,
         )
         METHODS.add(spec)
         cls.spec = spec

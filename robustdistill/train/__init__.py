@@ -21,10 +21,12 @@ Run directories (lock, manifest, ``--overwrite``) are :mod:`robustdistill.rundir
 re-exported here for existing imports.
 
 DDP (``torchrun``): the student is wrapped in ``DistributedDataParallel`` for the outer loss
-only (the attack runs on the bare module); every rank trains on a disjoint shard; the
-skip-on-non-finite decision, the logged loss, Fair-ARD's class counts and the BatchNorm
-running statistics are reduced across ranks, so all ranks hold the same model; rank 0 alone
-validates, writes files and shows progress while the others wait at a barrier.
+only (the attack runs on the bare module); ``--batch-size`` is per process (the run prints and
+records the global batch); every rank trains on a disjoint shard; the skip-on-non-finite
+decision, the logged loss, Fair-ARD's class counts and the BatchNorm running statistics are
+reduced across ranks (or ``sync_bn`` synchronises BatchNorm on CUDA), so all ranks hold the same
+model; every rank validates its share of the validation batches and gets the whole record; rank 0
+alone writes files and shows progress.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class TrainConfig:
         schedule: ``ard`` (default), ``ard-released``, ``rslad``, ``cosine`` or ``constant``.
         amp: autocast ``none``, ``bf16`` or ``fp16`` (fp16 adds loss scaling).
         channels_last: train in the ``channels_last`` memory format.
+        sync_bn: under DDP, SyncBatchNorm in the student (CUDA only; refused for double-backward methods).
         seed: seeds the data order, augmentation and attacks of every epoch.
         val_every: validate every N epochs (and always after the last).
         val_pgd_steps: PGD steps of the validation attack.
@@ -47,6 +48,7 @@ class TrainConfig:
     schedule: str = "ard"
     amp: str = "none"
     channels_last: bool = False
+    sync_bn: bool = False
     seed: int = 0
     val_every: int = 1
     val_pgd_steps: int = 10

@@ -8,10 +8,12 @@ statistics are reduced across ranks, so every rank holds the same model.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -47,6 +49,26 @@ def init_distributed(device: torch.device) -> Dist:
             torch.cuda.set_device(device)  # NCCL binds each process to its own GPU
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun, a bare ``cuda`` means this process's GPU (LOCAL_RANK), not GPU 0 for every rank."""
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+@contextlib.contextmanager
+def joined_process_group(device: torch.device) -> Iterator[Dist]:
+    """The process group for a block: joined under torchrun (WORLD_SIZE > 1) and left again afterwards
+    if this block joined it; ``Dist()`` outside torchrun. A group joined before is used and kept."""
+    joined_before = dist.is_available() and dist.is_initialized()
+    group = init_distributed(device)
+    try:
+        yield group
+    finally:
+        if group.enabled and not joined_before:
+            destroy_distributed()
 
 
 def current_dist() -> Dist:
@@ -103,6 +125,24 @@ def shard_order(order: torch.Tensor, d: Dist) -> torch.Tensor:
     return padded[d.rank :: d.world]
 
 
+def check_sync_bn(method: str, double_backward: bool, device: torch.device) -> None:
+    """Refuse ``--sync-bn`` where torch's SyncBatchNorm cannot train (one-line :class:`UsageError`).
+
+    SyncBatchNorm has no double backward ("derivative for batch_norm_backward_elemt is not
+    implemented"), which input-gradient losses such as KDIGA's need, and it runs on CUDA only.
+    """
+    if double_backward:
+        raise UsageError(f"--sync-bn cannot train {method}: SyncBatchNorm has no double backward, which its input-gradient "
+                         "term needs; drop --sync-bn (each rank keeps its BatchNorm statistics, averaged every epoch)")
+    if device.type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on {device.type}); drop --sync-bn")
+
+
+def convert_sync_bn(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm layer replaced by SyncBatchNorm (statistics over all ranks' batches)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
 def _no_buffer_sync() -> dict[str, bool]:
     """DDP must not re-broadcast buffers on every forward: ARD/RSLAD run two forwards (adversarial +
     clean) before one backward, and the broadcast between them is an in-place autograd error.
@@ -136,6 +176,7 @@ def average_buffers(model: nn.Module, world: int) -> None:
 
 
 __all__ = [
-    "Dist", "all_reduce_min", "all_reduce_sum", "average_buffers", "barrier", "current_dist", "destroy_distributed",
-    "init_distributed", "shard_order", "wrap_ddp",
+    "Dist", "all_reduce_min", "all_reduce_sum", "average_buffers", "barrier", "check_sync_bn", "convert_sync_bn",
+    "current_dist", "destroy_distributed",
+    "init_distributed", "joined_process_group", "rank_device", "shard_order", "wrap_ddp",
 ]

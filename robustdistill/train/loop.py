@@ -36,7 +36,10 @@ from ..rundir import RunDir
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .display import EpochBar, RunBar
-from .distributed import Dist, all_reduce_min, all_reduce_sum, average_buffers, barrier, current_dist, shard_order, wrap_ddp
+from .distributed import (
+    Dist, all_reduce_min, all_reduce_sum, average_buffers, barrier, check_sync_bn, convert_sync_bn, current_dist, shard_order,
+    wrap_ddp,
+)
 from .optimizers import build_optimizer
 from .probes import class_counts, weights_swapped
 from .schedules import lr_factor
@@ -93,6 +96,9 @@ class Trainer:
         self.eval_settings = eval_settings or EvalSettings(eps=strategy.attack.eps)
         self.dist = dist if dist is not None else current_dist()
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.sync_bn:
+            check_sync_bn(strategy.name, strategy.spec.double_backward, device)
+            student = convert_sync_bn(student) if self.dist.enabled else student
         self.student = student.to(device, memory_format=self.memory_format)
         self.teacher = teacher.to(device, memory_format=self.memory_format).eval().requires_grad_(False) if teacher is not None else None
         self.extra_teachers = {name: model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
@@ -251,9 +257,12 @@ class Trainer:
         return self.strategy.on_validation(counts, self.student, epoch)
 
     def validate(self, progress: Progress) -> dict[str, Any]:
-        """Clean and PGD accuracy on the validation split (carved from training data; never test)."""
+        """Clean and PGD accuracy on the validation split (carved from training data; never test).
+
+        Under DDP every rank calls it and attacks its share of the batches; all get the same record.
+        """
         return validation_record(self.student, self.val_split, self.info, self.cfg, eps=self.eval_settings.eps,
-                                 device=self.device, progress=progress)
+                                 device=self.device, progress=progress, distributed=self.dist.enabled)
 
     # -- the run -----------------------------------------------------------------------------
     def fit(self, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -280,14 +289,14 @@ class Trainer:
         return self.history
 
     def _run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
-        """Train one epoch, validate (rank 0, the others wait), log and checkpoint."""
+        """Train one epoch, validate (every rank its share), log and checkpoint (rank 0)."""
         stats = self.train_epoch(epoch, progress)
         record: dict[str, Any] = {
             "epoch": stats.epoch, "lr": stats.lr, "train_loss": stats.loss, "seconds": round(stats.seconds, 3),
             "images_per_second": round(stats.images / max(stats.seconds, 1e-9), 2), "skipped_steps": stats.skipped_steps,
             **stats.extra,
         }
-        if self.dist.is_main and is_validation_epoch(stats.epoch, self.cfg):
+        if is_validation_epoch(stats.epoch, self.cfg):
             # the weights the run would report are the ones validated and selected (CFA: the FAWA average)
             with weights_swapped(self.student, self.strategy.report_state()):
                 record.update(self.validate(progress))

@@ -16,18 +16,19 @@ from .config import TrainConfig
 
 def validation_record(
     student: nn.Module, split: Split, info: DatasetInfo, config: TrainConfig, *, eps: float, device: torch.device,
-    progress: Progress,
+    progress: Progress, distributed: bool = False,
 ) -> dict[str, Any]:
     """Clean and PGD accuracy of ``student`` on the validation ``split``, as ``val_*`` metrics.
 
     PGD uses ``config.val_pgd_steps`` steps at ``eps`` with the run's seed; its bars are drawn into
-    ``progress`` and removed again.
+    ``progress`` and removed again. With ``distributed``, every rank of the process group calls this
+    and attacks its share of the batches; each gets the same record (that of one process).
     """
     settings = eval_settings(eps, config.seed, pgd_steps=config.val_pgd_steps)
     result = evaluate_model(
         student, split, info.class_names, attacks=("clean", "pgd"), settings=settings,
         n_examples=config.val_n_examples, batch_size=max(256, config.batch_size), device=device,
-        description="validating", progress=progress, keep_tasks=False,
+        description="validating", progress=progress, keep_tasks=False, distributed=distributed,
     )
     clean, robust = result.summary("clean"), result.summary("pgd")
     return {
