@@ -270,6 +270,7 @@ def test_autoattack_refuses_train_mode(trained, digits) -> None:
         trained.eval()
 
 
+@pytest.mark.slow
 def test_autoattack_through_evaluate_model(trained, digits, monkeypatch) -> None:
     """pyautoattack gets eps and device explicitly; flags match AA's own x_adv; RNG and BN untouched."""
     import pyautoattack

@@ -183,6 +183,7 @@ def test_missing_argument_exit_2(cli) -> None:
 
 
 # --------------------------------------------------------------------------- debug, list, help
+@pytest.mark.slow
 def test_debug_shows_traceback(helpers, tmp_path: Path) -> None:
     proc = helpers.run_module("--debug", "evaluate", tmp_path / "nope.pt", "--arch", "resnet18", "--dataset", "digits")
     assert proc.returncode == 1
@@ -225,6 +226,7 @@ def test_list_robustbench(cli) -> None:
     assert "Sehwag2021Proxy_R18" in names and names == sorted(names)
 
 
+@pytest.mark.slow
 def test_module_help_and_version(helpers) -> None:
     proc = helpers.run_module("--help")
     assert proc.returncode == 0 and "evaluate" in proc.stdout and "list" in proc.stdout

@@ -51,6 +51,7 @@ def test_distill_json_and_fairness_report_json(cli, tmp_path: Path) -> None:
     assert data["comparison"]["schema"].startswith("robustdistill/fairness@") and len(data["files"]) >= 2
 
 
+@pytest.mark.slow
 def test_quiet_prints_nothing_but_errors(tmp_path: Path) -> None:
     proc = module("evaluate", "bundled:digits", "-n", "10", "--attacks", "clean", "--quiet", "--out", tmp_path / "q",
                   env={"ROBUSTDISTILL_NO_PROGRESS": "0"})
@@ -59,6 +60,7 @@ def test_quiet_prints_nothing_but_errors(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- exit statuses
+@pytest.mark.slow
 def test_exit_statuses(tmp_path: Path) -> None:
     """0 ok, 1 bad input, 2 command-line usage (130/143 and 4: tests/test_signals.py, tests/test_train.py)."""
     assert module("list", "datasets").returncode == 0
@@ -69,6 +71,7 @@ def test_exit_statuses(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- logs
+@pytest.mark.slow
 def test_a_log_gets_plain_uncut_lines_with_an_eta(tmp_path: Path) -> None:
     """stderr to a file or pipe: one line per epoch and per finished evaluation, never cut at 80 columns."""
     proc = module("distill", *SHORT, "--epochs", "2", "--out", tmp_path / "run",

@@ -173,7 +173,9 @@ def _teacher_free(method: str) -> bool:
     return not parse_method(method).base.needs_teacher
 
 
-@pytest.mark.parametrize("method", METHODS)
+# The fast loop keeps every base method and Fair-ARD itself; the other Fair- wrappers run in the full suite.
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m.startswith("fair-") and m != "fair-ard"
+                                    else m for m in METHODS])
 def test_every_method_runs_end_to_end(method, tmp_path, teacher_file, natural_file, init_file, watched_teacher, cli):
     out = tmp_path / "run"
     inputs = method_inputs(method, natural_file, init_file)
@@ -506,6 +508,7 @@ def _normalised(options: dict) -> dict:
     return {k: values[k] for k in options}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.stem)
 def test_every_example_config_runs_and_applies(path, tmp_path, cli):
     """The shipped examples/configs are real: each runs (at a tiny budget) and its values land in the run."""

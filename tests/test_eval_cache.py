@@ -99,6 +99,7 @@ def test_bundled_teacher_reuses_its_shipped_evaluation(cache: Path, digits) -> N
     assert found.accuracy("aa") <= found.accuracy("pgd")
 
 
+@pytest.mark.slow
 def test_distill_attacks_its_teacher_once(cache: Path, model_file: str, tmp_path: Path) -> None:
     from robustdistill import distill
 

@@ -194,6 +194,7 @@ def test_evaluate_cli_checkpoint_by_hand(cli_report: dict, image_folder: Path, r
     assert cli_report["schema"] == "robustdistill/evaluation@2"
 
 
+@pytest.mark.slow
 def test_evaluate_subprocess_matches_in_process(cli_report: dict, tmp_path: Path, model_test_pt: Path,
                                                 image_folder: Path, helpers) -> None:
     out = tmp_path / "run"
@@ -210,6 +211,7 @@ def test_evaluate_subprocess_matches_in_process(cli_report: dict, tmp_path: Path
     assert report["results"] == cli_report["results"]
 
 
+@pytest.mark.slow
 def test_evaluate_robustbench_by_hand(tmp_path: Path, robustbench_cache: Path, image_folder: Path, reference_resnet,
                                       helpers, cli, no_network) -> None:
     out = tmp_path / "rb"

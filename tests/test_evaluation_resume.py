@@ -59,6 +59,7 @@ def test_gradient_attacks_resume_bit_identical(setup, tmp_path: Path, monkeypatc
     assert not state.exists()
 
 
+@pytest.mark.slow
 def test_autoattack_resumes_per_chunk(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, splits = setup
     state = tmp_path / ".eval.partial.json"

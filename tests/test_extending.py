@@ -56,6 +56,7 @@ def toy_strategy():
     METHODS.unregister("toykd")
 
 
+@pytest.mark.slow
 def test_a_toy_strategy_runs_through_the_cli(toy_strategy, cli, tmp_path: Path) -> None:
     listed = cli("list", "methods")
     assert listed.exit_code == 0 and "toykd" in listed.stdout and "fair-toykd" in listed.stdout

@@ -305,6 +305,7 @@ def test_torch_itself_refuses_every_load_with_both_variables(model_test_pt: Path
     assert "both were set" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variables", [BOTH, {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}], ids=["both", "no-weights-only"])
 def test_loads_work_and_stay_safe_whatever_the_environment(variables: dict[str, str], tmp_path: Path, model_test_pt: Path,
                                                            model_test_state, robustbench_cache: Path, helpers) -> None:
@@ -335,6 +336,7 @@ def test_loads_work_and_stay_safe_whatever_the_environment(variables: dict[str, 
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_evaluates_a_checkpoint_with_the_unsafe_variable_in_the_shell(model_test_pt: Path, image_folder: Path,
                                                                          tmp_path: Path, monkeypatch, helpers) -> None:
     """The CLI sets TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 itself, so the user's variable makes both set."""

@@ -620,6 +620,7 @@ SHORT = ["--epochs", "1", "--attack-steps", "2", "--val-pgd-steps", "2", "--eval
          "--eval-n-examples", "20", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_the_new_example_configs_run_in_their_documented_order(tmp_path, monkeypatch, cli):
     """standard-digits.toml makes the natural teacher mtard.toml reads; a TRADES run makes frl.toml's hot start."""
     monkeypatch.chdir(tmp_path)

@@ -100,6 +100,7 @@ def test_shards_of_one_process_add_up_to_the_whole(digits, model_file):
 
 
 # --------------------------------------------------------------------------- local workers
+@pytest.mark.slow
 def test_workers_give_the_one_process_results_with_autoattack(reference, model_file, tmp_path, cli):
     out = tmp_path / "w2"
     result = cli("evaluate", model_file, "--eps", str(EPS), "--attacks", ATTACKS, "-n", str(N), "-b", str(BATCH),
@@ -112,6 +113,7 @@ def test_workers_give_the_one_process_results_with_autoattack(reference, model_f
     assert 0 < reference.summary("aa").n_correct < reference.summary("pgd").n_correct  # AA ran past APGD-CE
 
 
+@pytest.mark.slow
 def test_spawned_workers_give_the_same_results(digits, model_file):
     """The start method used off Linux (and with CUDA initialised): the model and data are pickled to fresh interpreters."""
     model = load_model(str(model_file))
@@ -178,6 +180,7 @@ def test_a_worker_killed_by_a_signal_is_a_one_line_error(digits, model_file, mon
                        batch_size=BATCH, settings=eval_settings(EPS), workers=2)
 
 
+@pytest.mark.slow
 def test_fairness_report_takes_workers(model_file, cli, tmp_path):
     args = ["fairness-report", "bundled:digits", model_file, "--eps", str(EPS), "--attacks", "clean,pgd", "-n", str(N),
             "-b", str(BATCH), "--fresh", "--json"]
@@ -233,6 +236,7 @@ def test_sync_bn_is_refused_for_kdiga_and_off_cuda(model_file, tmp_path, cli, he
     assert not (tmp_path / "k").exists() and not (tmp_path / "c").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_one_process_report_records_the_batch(tmp_path, model_file, reference):
     """eval_workers=2 in one process: the final evaluations equal one-process ones; the global batch is recorded."""
     from robustdistill import distill
