@@ -89,7 +89,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version.")] = False,
 ) -> None:
@@ -98,8 +98,8 @@ def _root(
 
 
 # --------------------------------------------------------------------------- shared options
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout, nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no messages; errors only.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print a machine-readable JSON summary on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress and no messages; errors only.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain .pt/.pth checkpoint (see `robustdistill list students`).")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", min=2, max=100000, help="Class count for --arch / timm models. \\[default: the dataset's]")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local weights file for a timm:NAME model.")]
@@ -168,9 +168,9 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=4, help="Resize imagefolder images to NxN.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset if it is missing (needs network).")] = False,
+    download: Annotated[bool, typer.Option("--download", metavar="", help="Download a torchvision dataset if it is missing (needs network).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and report.md into this directory.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", metavar="", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
     profile: Annotated[bool, typer.Option("--profile/--no-profile", metavar="", help="Add the model's cost: parameters, MACs, file size, CPU latency at batch 1 and 64.")] = True,
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
@@ -499,7 +499,7 @@ def fairness_report_cmd(
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated display names, one per model. \\[default: file stems / model ids]")] = None,
     batch_size: BatchOpt = 256,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random starts and of AutoAttack. \\[default: the first report.json's, else 0]")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if identical evaluations of the model files are stored.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", metavar="", help="Attack again even if identical evaluations of the model files are stored.")] = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
