@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import inspect
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, TypeVar
+from typing import Annotated, Any, Callable, Literal, NoReturn, Optional, TypeVar
 
 import click
 import typer
@@ -599,11 +600,23 @@ def main() -> None:
     try:
         code = command.main(prog_name="robustdistill", standalone_mode=False)
     except typer.TyperException as exc:  # click's usage errors (typer vendors click)
-        sys.exit(_usage_error(exc))
+        _exit(_usage_error(exc))
     except (typer.Abort, KeyboardInterrupt):
         console.print("[bold red]error:[/] interrupted")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        _exit(130)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code``, skipping the interpreter's last garbage collection.
+
+    Every file is written and closed by now. Python's shutdown would still walk the millions of
+    objects torch, its compiler stack and matplotlib leave behind - 0.9-1.4 s of the default job on
+    this CPU; frozen, they are left to the OS (0.2 s). Only objects in reference cycles lose their
+    finalizers, and nothing robustdistill writes relies on one.
+    """
+    gc.freeze()
+    sys.exit(code)
 
 
 def _usage_error(exc: Exception) -> int:

@@ -437,3 +437,16 @@ def test_a_name_is_registered_once() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         DATASETS.add(DatasetSpec("digits", "again", _load_toy, RunDefaults(0.1, 8, None)))
     assert get_dataset("digits").description == BUILTIN_NOTES["digits"]
+
+
+def test_digits_are_exactly_scikit_learns() -> None:
+    """The digits are read from scikit-learn's data file without importing scikit-learn: same arrays, bit for bit."""
+    import numpy as np
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from robustdistill.data.digits import digits_arrays
+
+    images, target = digits_arrays()
+    bunch = sklearn_digits()
+    assert images.dtype == bunch.images.dtype and target.dtype == bunch.target.dtype
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
