@@ -28,7 +28,26 @@ import typer
 from .errors import RobustDistillError
 from .progress import console, error_console, is_main_process, set_quiet, stdout_console
 
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """On/off flags take no value, so ``--help`` shows no ``<bool>`` after them (typer's own flags included)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx: click.Context) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx: click.Context) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="robustdistill",
     help="Distil adversarially robust image classifiers into small students - fairly across classes.",
     no_args_is_help=True,
@@ -146,7 +165,7 @@ def _output_mode(as_json: bool, quiet: bool) -> None:
 
 
 # --------------------------------------------------------------------------- evaluate
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def evaluate(
     model: Annotated[str, typer.Argument(help="bundled:NAME, robustbench:NAME\\[@DATASET/THREAT], timm:NAME, a .safetensors, a .pt/.pth with --arch, or an exported .onnx / TorchScript file (clean and square only).")],
@@ -275,7 +294,7 @@ def _list_sections() -> dict[str, Callable[[], list[tuple[str, str]]]]:
     }
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 @handle_errors
 def list_cmd(
     what: Annotated[Optional[str], typer.Argument(help="students, teachers, datasets, attacks, methods, schedules, optimizers or robustbench.")] = None,
@@ -478,16 +497,16 @@ def _print_run(result: Any) -> None:
     console.print(f"wrote {_escape(str(result.out_dir))}/: " + ", ".join(names), markup=False)
 
 
-app.command("distill")(handle_errors(_run_command(
+app.command("distill", cls=_Command)(handle_errors(_run_command(
     "distill", "Distil a robust teacher into a small student. With no arguments: the bundled digits job (a few "
     "minutes on a laptop CPU).")))
-app.command("train-teacher")(handle_errors(_run_command(
+app.command("train-teacher", cls=_Command)(handle_errors(_run_command(
     "train-teacher", "Adversarially train a robust teacher (PGD-AT or TRADES) for data that has none; writes "
     "teacher.safetensors.")))
 
 
 # --------------------------------------------------------------------------- fairness-report
-@app.command("fairness-report")
+@app.command("fairness-report", cls=_Command)
 @handle_errors
 def fairness_report_cmd(
     models: Annotated[list[str], typer.Argument(help="The reference first (usually the teacher), then the students: report.json files from evaluate/distill (RUN/report.json#teacher selects a distill run's teacher), run directories, or anything `evaluate` accepts.", show_default=False)],
@@ -538,7 +557,7 @@ def fairness_report_cmd(
                   soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def export(
     model: Annotated[str, typer.Argument(help="bundled:NAME, robustbench:NAME\\[@DATASET/THREAT], timm:NAME, a .safetensors, or a .pt/.pth with --arch.")],

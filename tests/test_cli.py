@@ -241,3 +241,12 @@ def test_evaluate_help(cli) -> None:
     assert result.exit_code == 0
     for option in ("--eps", "--attacks", "--arch", "--model-dir", "--n-examples", "--out"):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["distill"], ["train-teacher"], ["evaluate"], ["fairness-report"], ["export"],
+                                     ["list"]])
+def test_help_shows_no_type_after_a_flag(cli, command: list[str]) -> None:
+    """On/off flags (ours and typer's --help, --version, --install-completion) take no value: no ``<bool>``."""
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output and "<bool>" not in result.output
