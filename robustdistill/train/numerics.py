@@ -27,8 +27,9 @@ from torch import nn
 #: bf16 autocast and with torch's default intra-op threads (benchmarks/results/numeric_path.md). Measured
 #: on a 2-core AVX512-BF16 CPU: bf16 makes an RSLAD step 1.3x (1.2 M) to 2.0x (77 M, 1.1 G) faster at
 #: every size, but below this a run takes minutes and auto keeps it in exact fp32; a second thread is
-#: slower at 1.2 M (0.49x) and 1.27x faster at 4.8 M when the machine is idle, yet 7-16x slower when
-#: another process wants the core, so auto takes it only where the idle gain is large (1.77x at 77 M).
+#: slower at 1.2 M (0.49x) and 1.27x faster at 4.8 M when the machine is idle, yet two threads ran at
+#: 0.2-0.5x of one when another process wanted a core (scaling.md), so auto takes the second thread only
+#: where the idle gain is large (1.77x at 77 M).
 CPU_LARGE_MACS = 20_000_000
 
 
