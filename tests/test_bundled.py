@@ -100,6 +100,7 @@ def test_wheel_ships_the_teacher(tmp_path: Path) -> None:
     assert data == (resources.files("robustdistill") / "assets" / "digits.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_default_job_one_epoch(tmp_path: Path) -> None:
     """The default job's code path end to end (shortened): bundled teacher -> tiny_cnn, Fair-ARD."""
     from robustdistill import distill

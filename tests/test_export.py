@@ -74,6 +74,7 @@ def _pytorch(role: str, student_file: Path) -> Classifier:
 
 
 # --------------------------------------------------------------------------- parity
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 @pytest.mark.parametrize("role", ["teacher", "student"])
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_parity_on_digits(exports, role: str, fmt: str) -> None:
@@ -89,6 +90,7 @@ def test_parity_on_digits(exports, role: str, fmt: str) -> None:
     assert len(per_class) == 10 and sum(n for _, n, _ in per_class) == 360
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_adversarial_examples_are_the_ones_evaluate_makes(exports) -> None:
     """The parity PGD reproduces the bundled teacher's recorded PGD-20 accuracy (71.1 % at eps 0.2)."""
     row = next(r for r in exports["teacher", "onnx"].parity.rows if r.inputs == "pgd")
@@ -96,6 +98,7 @@ def test_adversarial_examples_are_the_ones_evaluate_makes(exports) -> None:
     assert row.accuracy_exported == row.accuracy_pytorch
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_export_json_records_evidence(exports, student_file: Path) -> None:
     result = exports["student", "onnx"]
     index = json.loads(result.export_json.read_text())
@@ -114,6 +117,7 @@ def test_export_json_records_evidence(exports, student_file: Path) -> None:
     assert read_export_json(result.path) == record
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_metadata_inside_the_files(exports) -> None:
     import onnx
 
@@ -130,6 +134,7 @@ def test_metadata_inside_the_files(exports) -> None:
 
 
 # --------------------------------------------------------------------------- running exported files
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_dynamic_batch_runs_batch_1_and_7(exports, student_file: Path, test_batch, fmt: str) -> None:
     runtime = load_exported(exports["student", fmt].path)
@@ -152,6 +157,7 @@ def test_fixed_batch_export_runs_in_chunks(tmp_path: Path, test_batch) -> None:
     assert got.shape == (10, 10) and torch.equal(got.argmax(1), want.argmax(1))
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_clean_evaluation_of_an_export(exports, digits, fmt: str) -> None:
     runtime = load_exported(exports["teacher", fmt].path)
@@ -162,6 +168,7 @@ def test_clean_evaluation_of_an_export(exports, digits, fmt: str) -> None:
     assert torch.equal(exported.correct["clean"], pytorch.correct["clean"])
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_square_on_an_export_matches_pytorch(exports, test_batch) -> None:
     """Square is score-based: with the same seed it takes the same steps on both, so the flags agree."""
     x, y = test_batch[0][:60], test_batch[1][:60]
@@ -177,6 +184,7 @@ def test_square_on_an_export_matches_pytorch(exports, test_batch) -> None:
     assert not bool((flags & ~clean).any())
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_gradient_attacks_are_refused(exports, test_batch) -> None:
     runtime = load_exported(exports["teacher", "torchscript"].path)
     x, y = test_batch[0][:4], test_batch[1][:4]
@@ -188,6 +196,7 @@ def test_gradient_attacks_are_refused(exports, test_batch) -> None:
     refuse_gradient_attacks(["clean", "square"], runtime.path)
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_cost_profile_of_an_export(exports) -> None:
     runtime = load_exported(exports["teacher", "onnx"].path)
     profile = cost_profile(runtime, file=runtime.path, batch_sizes=(1, 5), threads=1, min_repeats=3, min_seconds=0.0)
@@ -212,6 +221,7 @@ def _assert_refused(path: Path, *needles: str) -> None:
         assert needle in message, message
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_truncated_export_is_refused(exports, tmp_path: Path, fmt: str) -> None:
     path = _copy(exports["teacher", fmt].path, tmp_path)
@@ -221,6 +231,7 @@ def test_truncated_export_is_refused(exports, tmp_path: Path, fmt: str) -> None:
     _assert_refused(path, "truncated")
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 @pytest.mark.parametrize(("fmt", "reason"), [("onnx", "modified after export"), ("torchscript", "fails its CRC check")])
 def test_bytes_changed_in_place_are_refused(exports, tmp_path: Path, fmt: str, reason: str) -> None:
     path = _copy(exports["teacher", fmt].path, tmp_path)
@@ -231,6 +242,7 @@ def test_bytes_changed_in_place_are_refused(exports, tmp_path: Path, fmt: str, r
     _assert_refused(path, reason)
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_changed_weights_and_metadata_in_a_valid_onnx_file_are_refused(exports, tmp_path: Path) -> None:
     """A file re-saved with onnx (valid protobuf, passes onnx.checker) but different content."""
     import onnx
@@ -250,6 +262,7 @@ def test_changed_weights_and_metadata_in_a_valid_onnx_file_are_refused(exports, 
     _assert_refused(tmp_path / "meta.onnx", "modified after export")
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_export_json_sha256_is_checked(exports, tmp_path: Path) -> None:
     folder = exports["teacher", "onnx"].path.parent
     copy = tmp_path / "copy"
@@ -327,11 +340,13 @@ def test_argument_errors(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_exporting_an_export_is_refused(exports) -> None:
     with pytest.raises(UsageError, match="already an exported model"):
         export_model(str(exports["teacher", "onnx"].path), out=exports["teacher", "onnx"].path.parent / "again.onnx")
 
 
+@pytest.mark.slow  # shares the module's export fixture (~12 s to build)
 def test_missing_onnx_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, exports) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what an environment without the extra looks like
     with pytest.raises(UsageError, match=r'pip install "robustdistill\[export\]"') as info:

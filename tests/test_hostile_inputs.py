@@ -119,7 +119,9 @@ USAGE = {  # command-line syntax: one line from the console script, exit status 
 }
 
 
-@pytest.mark.parametrize("case", USAGE)
+# The fast loop keeps two usage errors; every case runs in the full suite (each is a ~3 s subprocess).
+@pytest.mark.parametrize("case", [c if c in ("unknown flag", "missing argument") else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in USAGE])
 def test_usage_errors_are_one_line_with_status_2(case: str, helpers) -> None:
     args, needles = USAGE[case]
     proc = helpers.run_module(*args)

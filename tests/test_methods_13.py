@@ -560,7 +560,7 @@ def test_natural_teacher_is_checked_before_the_run_directory_is_claimed(tmp_path
     assert not out.exists()
 
 
-@pytest.mark.parametrize("method", ["absld", "fair-absld"])
+@pytest.mark.parametrize("method", ["absld", pytest.param("fair-absld", marks=pytest.mark.slow)])
 def test_absld_from_the_cli(method, tmp_path, cli):
     out = tmp_path / "run"
     result = cli("distill", "--method", method, "--tau-lr", "0.2", "--epochs", "2", "--attack-steps", "2",
@@ -574,6 +574,7 @@ def test_absld_from_the_cli(method, tmp_path, cli):
     assert json.loads((out / "report.json").read_text())["run"]["config"]["method"]["params"]["tau_lr"] == 0.2
 
 
+@pytest.mark.slow  # every method runs end to end in test_distill.py
 @pytest.mark.parametrize("method", ["standard", "frl", "cfa"])
 def test_teacher_free_methods_from_the_cli(method, tmp_path, cli, model_files):
     out = tmp_path / "run"
