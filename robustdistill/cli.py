@@ -109,7 +109,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", metavar="", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
                                           help="Print the version.")] = False,
 ) -> None:
@@ -118,8 +118,8 @@ def _root(
 
 
 # --------------------------------------------------------------------------- shared options
-JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print a machine-readable JSON summary on stdout, nothing else.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress and no messages; errors only.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no messages; errors only.")]
 ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain .pt/.pth checkpoint (see `robustdistill list students`).")]
 NumClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", min=2, max=100000, help="Class count for --arch / timm models. \\[default: the dataset's]")]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Local weights file for a timm:NAME model.")]
@@ -188,10 +188,10 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     image_size: Annotated[Optional[int], typer.Option("--image-size", min=4, help="Resize imagefolder images to NxN.")] = None,
-    download: Annotated[bool, typer.Option("--download", metavar="", help="Download a torchvision dataset if it is missing (needs network).")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download a torchvision dataset if it is missing (needs network).")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json and report.md into this directory.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", metavar="", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
-    profile: Annotated[bool, typer.Option("--profile/--no-profile", metavar="", help="Add the model's cost: parameters, MACs, file size, CPU latency at batch 1 and 64.")] = True,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if an identical evaluation of this model file is stored.")] = False,
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", help="Add the model's cost: parameters, MACs, file size, CPU latency at batch 1 and 64.")] = True,
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -341,8 +341,6 @@ def _option_parameter(command: str, f: dataclasses.Field, opt: Any, default: Any
     choice = typing.get_origin(plain) is typing.Literal
     annotation: Any = plain if choice or (opt.parse is None and plain in (int, float, bool)) else str
     extra: dict[str, Any] = {}
-    if plain is bool:
-        extra["metavar"] = ""  # a flag takes no value
     if opt.name == "model_dir":
         extra["envvar"] = "ROBUSTDISTILL_MODEL_DIR"
     shown = f"{opt.default_text}" if opt.default_text else True
@@ -386,8 +384,7 @@ def _hyperparameter_parameters(command: str, taken: set[str]) -> list[inspect.Pa
         own = text + "; " if text and len(owners) == 1 else ""  # a help line belongs to one method's meaning
         described = own + f"hyperparameter of {', '.join(owners)}. \\[default: the method's]"
         annotation = plain if plain in (int, float, bool) else str
-        info = typer.Option(*flags, help=described, rich_help_panel="Method hyperparameters", show_default=False,
-                            **({"metavar": ""} if plain is bool else {}))
+        info = typer.Option(*flags, help=described, rich_help_panel="Method hyperparameters", show_default=False)
         out.append(inspect.Parameter(f"hp_{name}", inspect.Parameter.KEYWORD_ONLY, default=None,
                                      annotation=Annotated[Optional[annotation], info]))
     return out
@@ -398,10 +395,10 @@ def _fixed_parameters() -> list[inspect.Parameter]:
     spec = [
         ("config", Optional[Path], None, typer.Option("--config", "-c", help="YAML or TOML run config; flags on the command line override it (a run's config.yaml works too).")),
         ("param", Optional[list[str]], None, typer.Option("--param", "-p", help="Method hyperparameter KEY=VALUE, e.g. -p tau=4 (repeatable).", rich_help_panel="Method hyperparameters")),
-        ("resume", bool, False, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.", metavar="")),
-        ("overwrite", bool, False, typer.Option("--overwrite", help="Replace the run in --out (only files robustdistill wrote are removed, after every input is checked).", metavar="")),
-        ("as_json", bool, False, typer.Option("--json", help="Print a machine-readable JSON summary on stdout, nothing else.", metavar="")),
-        ("quiet", bool, False, typer.Option("--quiet", "-q", help="No progress and no messages; errors only.", metavar="")),
+        ("resume", bool, False, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")),
+        ("overwrite", bool, False, typer.Option("--overwrite", help="Replace the run in --out (only files robustdistill wrote are removed, after every input is checked).")),
+        ("as_json", bool, False, typer.Option("--json", help="Print a machine-readable JSON summary on stdout, nothing else.")),
+        ("quiet", bool, False, typer.Option("--quiet", "-q", help="No progress and no messages; errors only.")),
     ]
     return [inspect.Parameter(n, kw, default=d, annotation=Annotated[t, info]) for n, t, d, info in spec]
 
@@ -519,7 +516,7 @@ def fairness_report_cmd(
     labels: Annotated[Optional[str], typer.Option("--labels", help="Comma-separated display names, one per model. \\[default: file stems / model ids]")] = None,
     batch_size: BatchOpt = 256,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the random starts and of AutoAttack. \\[default: the first report.json's, else 0]")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", metavar="", help="Attack again even if identical evaluations of the model files are stored.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Attack again even if identical evaluations of the model files are stored.")] = False,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     arch: ArchOpt = None,
@@ -563,7 +560,7 @@ def export(
     model: Annotated[str, typer.Argument(help="bundled:NAME, robustbench:NAME\\[@DATASET/THREAT], timm:NAME, a .safetensors, or a .pt/.pth with --arch.")],
     format: Annotated[Literal["onnx", "torchscript"], typer.Option("--format", "-f", help="onnx (runs with onnxruntime; pip install \"robustdistill\\[export]\") or torchscript.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (*.onnx for ONNX); export.json is written beside it. \\[default: ./NAME.onnx or ./NAME.pt]")] = None,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", metavar="", help="A dynamic batch dimension instead of a fixed one (--batch).")] = False,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="A dynamic batch dimension instead of a fixed one (--batch).")] = False,
     batch: Annotated[int, typer.Option("--batch", min=1, help="The fixed batch dimension of the exported graph (without --dynamic-batch).")] = 1,
     opset: Annotated[Optional[int], typer.Option("--opset", min=7, help="ONNX opset; the dynamo exporter supports 18 and newer. \\[default: the exporter's, recorded in export.json]")] = None,
     exporter: Annotated[Literal["dynamo", "legacy"], typer.Option("--exporter", help="ONNX exporter: dynamo (torch's default) or legacy (TorchScript-based, deprecated by torch; older opsets).")] = "dynamo",
@@ -574,8 +571,8 @@ def export(
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Seed of the parity attacks' random starts.")] = 0,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Refuse the export (exit 1, no file written) if PyTorch and the exported file agree on fewer clean or adversarial examples.")] = 0.999,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Batch size of the parity check's attacks.")] = 256,
-    profile: Annotated[bool, typer.Option("--profile/--no-profile", metavar="", help="Time the exported file on the CPU (batch 1 and 64) for export.json.")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing --out file.")] = False,
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", help="Time the exported file on the CPU (batch 1 and 64) for export.json.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = "auto",
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
