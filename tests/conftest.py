@@ -206,6 +206,29 @@ def run_module(*args: str, cwd: Path | None = None, timeout: float = 240) -> sub
     )
 
 
+def spurious_abort(result: subprocess.CompletedProcess) -> bool:
+    """ecosystem.md §5.3: a gloo worker sometimes dies of SIGABRT in this sandbox (not our code)."""
+    text = result.stderr + result.stdout
+    return result.returncode != 0 and ("SIGABRT" in text or "Signal 6" in text or result.returncode in (-6, 134))
+
+
+def run_torchrun(args: list[str], *, env: dict[str, str], cwd: Path, fresh: tuple[Path, ...] = (),
+                 timeout: float = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 ARGS``; a spurious gloo abort is retried once.
+
+    The aborted attempt may already have written into the run directory (or stored evaluations in
+    the cache); every path in ``fresh`` is removed before the retry, so the retry starts from what
+    the test set up - not from the half-run the abort left (the run directory would be refused).
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    if spurious_abort(result):
+        for path in fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    return result
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The machine is shared: keep torch to one intra-op thread."""
@@ -227,5 +250,6 @@ def helpers() -> SimpleNamespace:
     return SimpleNamespace(
         assert_one_line_error=assert_one_line_error, block_network=block_network, Marker=Marker,
         make_image_folder=make_image_folder, load_folder_images=load_folder_images, run_module=run_module,
+        run_torchrun=run_torchrun,
         CIFAR10_CLASSES=CIFAR10_CLASSES, ROBUSTBENCH_NAME=ROBUSTBENCH_NAME,
     )

@@ -653,23 +653,17 @@ DDP_CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", DDP_CASES)
-def test_torchrun_ranks_hold_the_same_method_state(method, tmp_path, model_files):
+def test_torchrun_ranks_hold_the_same_method_state(method, tmp_path, model_files, helpers):
     import os
-    import subprocess
-    import sys
 
     ranks, out = tmp_path / "ranks", tmp_path / "run"
     ranks.mkdir()
     args = [{"NATURAL": str(model_files["natural"]), "INIT": str(model_files["init"])}.get(a, a) for a in DDP_CASES[method]]
     args += ["--epochs", "2", "--batch-size", "64", "--attack-steps", "2", "--val-pgd-steps", "2", "--eval-attacks",
              "clean", "--eval-n-examples", "20", "--device", "cpu", "--out", str(out)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(Path(__file__).resolve().parent / "ddp_train.py"), "cli", str(ranks), *args]
     env = dict(os.environ, ROBUSTDISTILL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    for _attempt in range(2):  # a gloo worker sometimes dies of SIGABRT in this sandbox (see test_train.py); retry once
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-        if result.returncode == 0 or "SIGABRT" not in result.stderr + result.stdout:
-            break
+    result = helpers.run_torchrun([str(Path(__file__).resolve().parent / "ddp_train.py"), "cli", str(ranks), *args],
+                                  env=env, cwd=tmp_path, fresh=(out,))
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = (json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1))
     assert [r0["world"], r1["world"]] == [2, 2] and r0["state_sha256"] == r1["state_sha256"]

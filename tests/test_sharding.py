@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -255,24 +254,18 @@ def test_one_process_report_records_the_batch(tmp_path, model_file, reference):
 
 
 # --------------------------------------------------------------------------- torchrun (gloo, CPU)
-def torchrun(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+def torchrun(helpers, *args: str, cwd: Path, cache: Path, out: Path) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=2 -m robustdistill ARGS`` on CPU (gloo), one thread per rank, a fresh cache."""
     env = dict(os.environ, ROBUSTDISTILL_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                HF_HUB_OFFLINE="1", COLUMNS="200", ROBUSTDISTILL_CACHE=str(cache))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustdistill",
-               *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    text = result.stderr + result.stdout
-    if result.returncode != 0 and ("SIGABRT" in text or "Signal 6" in text):  # ecosystem.md §5.3: retry a gloo abort once
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    return result
+    return helpers.run_torchrun(["-m", "robustdistill", *map(str, args)], env=env, cwd=cwd, fresh=(out, cache))
 
 
 @pytest.mark.slow
-def test_torchrun_evaluate_gives_the_one_process_results(reference, model_file, tmp_path):
+def test_torchrun_evaluate_gives_the_one_process_results(reference, model_file, tmp_path, helpers):
     out = tmp_path / "ddp"
-    result = torchrun("evaluate", model_file, "--eps", EPS, "--attacks", ATTACKS, "-n", N, "-b", BATCH, "--out", out,
-                      "--device", "cpu", cwd=tmp_path, cache=tmp_path / "cache")
+    result = torchrun(helpers, "evaluate", model_file, "--eps", EPS, "--attacks", ATTACKS, "-n", N, "-b", BATCH, "--out", out,
+                      "--device", "cpu", cwd=tmp_path, cache=tmp_path / "cache", out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report_bits(report) == per_sample(reference)
@@ -283,12 +276,13 @@ def test_torchrun_evaluate_gives_the_one_process_results(reference, model_file, 
 
 
 @pytest.mark.slow
-def test_torchrun_distill_final_evaluation_and_validation_match_one_process(reference, model_file, tmp_path, digits):
+def test_torchrun_distill_final_evaluation_and_validation_match_one_process(reference, model_file, tmp_path, digits,
+                                                                           helpers):
     out = tmp_path / "run"
-    result = torchrun("distill", "--teacher", model_file, "--method", "ard", "--epochs", "1", "--batch-size", "32",
+    result = torchrun(helpers, "distill", "--teacher", model_file, "--method", "ard", "--epochs", "1", "--batch-size", "32",
                       "--attack-steps", "1", "--val-pgd-steps", "2", "--eps", EPS, "--eval-attacks", ATTACKS,
                       "--eval-n-examples", N, "--eval-batch-size", BATCH, "--device", "cpu", "--out", out,
-                      cwd=tmp_path, cache=tmp_path / "cache")
+                      cwd=tmp_path, cache=tmp_path / "cache", out=out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     # the teacher's and the student's final evaluations: every rank attacked its share, gathered = one process

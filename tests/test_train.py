@@ -14,7 +14,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -531,20 +530,9 @@ def test_disk_full_writing_a_model_or_a_report_keeps_the_old_files(small_splits,
 
 
 # --------------------------------------------------------------------------- DDP (torchrun, gloo, CPU)
-def _torchrun(script_args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(helpers, script_args: list[str], env: dict[str, str], cwd: Path, fresh: tuple[Path, ...] = ()):
     """``torchrun --nproc_per_node=2 tests/ddp_train.py ARGS`` (the script records what each rank ended with)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(TESTS / "ddp_train.py"), *script_args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
-    if _spurious_abort(result):
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
-    return result
-
-
-def _spurious_abort(result: subprocess.CompletedProcess) -> bool:
-    """ecosystem.md §5.3: a gloo worker sometimes dies of SIGABRT in this sandbox; retry that once."""
-    text = result.stderr + result.stdout
-    return result.returncode != 0 and ("SIGABRT" in text or "Signal 6" in text or result.returncode in (-6, 134))
+    return helpers.run_torchrun([str(TESTS / "ddp_train.py"), *script_args], env=env, cwd=cwd, fresh=fresh, timeout=300)
 
 
 def _ddp_env() -> dict[str, str]:
@@ -553,13 +541,13 @@ def _ddp_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_fair_ard(tmp_path, teacher_file):
+def test_torchrun_two_processes_fair_ard(tmp_path, teacher_file, helpers):
     out, ranks_dir = tmp_path / "run", tmp_path / "ranks"
     ranks_dir.mkdir()
     args = ["distill", "--teacher", str(teacher_file), "--method", "fair-ard", "--epochs", "1", "--batch-size", "64",
             "--attack-steps", "2", "--val-pgd-steps", "2", "--eval-attacks", "clean,pgd", "--eval-n-examples", "20",
             "--device", "cpu", "--out", str(out)]
-    result = _torchrun(["cli", str(ranks_dir), *args], _ddp_env(), tmp_path)
+    result = _torchrun(helpers, ["cli", str(ranks_dir), *args], _ddp_env(), tmp_path, fresh=(out,))
     assert result.returncode == 0, result.stderr[-3000:]
 
     # one set of files, written once (rank 1 neither evaluated nor wrote nor printed)
@@ -591,10 +579,10 @@ def test_torchrun_two_processes_fair_ard(tmp_path, teacher_file):
 
 
 @pytest.mark.slow
-def test_torchrun_non_finite_skip_is_collective_and_ranks_stay_identical(tmp_path):
+def test_torchrun_non_finite_skip_is_collective_and_ranks_stay_identical(tmp_path, helpers):
     """A NaN on one rank only: every rank skips that step (no deadlock in the gradient all-reduce),
     the count is per step (not per rank), and parameters, BN statistics and Fair weights stay equal."""
-    result = _torchrun(["nan", str(tmp_path)], _ddp_env(), tmp_path)
+    result = _torchrun(helpers, ["nan", str(tmp_path)], _ddp_env(), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["skipped"] == r1["skipped"] == [2, 0]
