@@ -208,8 +208,9 @@ def _scatter_panel(ax: Any, names: Sequence[str], ref: ModelEntry, stu: ModelEnt
     if max(stacked.values(), default=1) > 1:
         dots += "\nbigger dot: several classes at the same accuracies"
     ax.scatter(x, y, s=sizes, alpha=0.8, label=dots)
-    ax.scatter([100 * (c.accuracy.reference or 0)], [100 * (c.accuracy.student or 0)], marker="*", s=180, color="crimson",
-               zorder=3, label="overall accuracy")
+    # A hollow star: overall accuracy often lands on a class's dot, which must stay visible under it.
+    ax.scatter([100 * (c.accuracy.reference or 0)], [100 * (c.accuracy.student or 0)], marker="*", s=260, facecolors="none",
+               edgecolors="crimson", linewidths=1.4, zorder=3, label="overall accuracy")
     shown = idx if len(idx) <= max_labels else sorted(idx, key=lambda i: (ss.per_class[i] - rs.per_class[i], i))[:8]  # type: ignore[operator]
     _annotate_points(ax, [(100 * rs.per_class[i], 100 * ss.per_class[i], str(names[i])) for i in shown])  # type: ignore[operator]
     ax.set(xlim=(0, 102), ylim=(0, 102), aspect="equal", xlabel=f"{ref.label}: {label} accuracy (%)",
