@@ -311,10 +311,11 @@ def claim(pairs: list[dict[str, Any]], ranked: list[dict[str, Any]], attack: str
                  f"({', '.join(counts['better']) or 'none'}), within noise in {len(counts['within noise'])}, identical in "
                  f"{len(counts['identical'])}, worse in {len(counts['worse'])} ({', '.join(counts['worse']) or 'none'}).")
     top = best_fair(ranked)
-    verdicts = {}
+    verdicts, short = {}, {}
     for group, name in ((METHODS, "ARD methods"), (ROBUST_FAIRNESS, "robust-fairness AT")):
         chosen = [p for p in pairs if p["a"] == top and p["b"] in group]
         verdicts[name] = bool(chosen) and all(p["verdict"] == "better" for p in chosen)
+        short[name] = [p["b"] for p in chosen if p["verdict"] != "better"]
         shown = "; ".join(f"vs {p['b']}: {fmt_change(p['worst'])} ({p['verdict']})" for p in chosen) or "no pair"
         lines.append(f"* {top} (the best Fair- method here) over {name}, worst-class {label}: {shown}.")
     supported = [name for name, held in verdicts.items() if held]
@@ -322,8 +323,10 @@ def claim(pairs: list[dict[str, Any]], ranked: list[dict[str, Any]], attack: str
     if len(supported) == len(verdicts):
         lines.append("**The paper's ranking claim is supported on this data** (every difference above is beyond seed noise).")
     elif supported:
-        lines.append(f"**The paper's ranking claim is only partly supported on this data**: it holds over {supported[0]}, "
-                     "not (beyond seed noise) over the rest.")
+        failed = "; ".join(f"over {name} not beyond seed noise against {', '.join(short[name]) or 'any'}"
+                           for name, held in verdicts.items() if not held)
+        lines.append(f"**The paper's ranking claim is only partly supported on this data**: {top} is better than every "
+                     f"{supported[0]} method, but {failed}.")
     else:
         lines.append(f"**The paper's ranking claim is not supported on this data**: the best Fair- method ({top}) is "
                      "not better than every ARD method, nor than every robust-fairness AT method, beyond seed noise.")
@@ -392,8 +395,10 @@ def markdown(result: dict[str, Any], teachers: dict[str, Any], meta: dict[str, A
             "bundled digits teacher → student; trades, frl and cfa train without a teacher (`train-teacher`); frl "
             "fine-tunes the same seed's trades model (its hot start); mtard's natural teacher is a small_cnn trained "
             "with `train-teacher --method standard` (seed 0). fair-absld is an ablation (no paper proposes it).",
-            f"Command: `{meta['command']}`; {meta['runs']} runs took {meta['study_hours']:.2f} h of wall time "
-            f"({meta['workers']} at a time, {meta['threads']} thread each, 2-core CPU); versions: {meta['versions']}.",
+            f"Command: `{meta['command']}`; {meta['runs']} runs, {meta['workers']} at a time, {meta['threads']} thread each, "
+            f"2-core CPU: {meta['study_hours']:.2f} h from the first run's start to the last report (a resumed study "
+            f"counts its pauses, and other jobs may have shared the machine), {meta['run_hours']:.2f} h of the runs' own "
+            f"durations added up; versions: {meta['versions']}.",
             "", f"## Ranking by worst-class {label}", "", *ranking_lines(result["ranking"], attack), "",
             "The interval is the 95 % Student-t interval of the mean over seeds (none with one seed).", "",
             f"## Paired comparisons (worst-class and average {label}, by seed)", "", *pair_lines(result["pairs"]), "",
@@ -432,6 +437,11 @@ def study_hours(dirs: list[Path]) -> float:
     return (max(ends) - min(starts)) / 3600
 
 
+def run_hours(dirs: list[Path]) -> float:
+    """The runs' own durations added up (config.yaml written to report.json written; a resumed run counts its gap)."""
+    return sum((d / "report.json").stat().st_mtime - (d / "config.yaml").stat().st_mtime for d in dirs) / 3600
+
+
 def analyse(loaded: dict[str, Any]) -> dict[str, Any]:
     rows = {name: summarise(runs) for name, runs in loaded["rows"].items()}
     attack = headline(rows)
@@ -451,7 +461,7 @@ def main() -> None:
     from robustdistill.runtime import versions
 
     meta = {"command": "python benchmarks/fairness_study.py " + " ".join(sys.argv[1:]), "wall_time_s": time.time() - started,
-            "study_hours": study_hours([j.out for j in jobs]), "runs": len(jobs), "workers": args.workers,
+            "study_hours": study_hours([j.out for j in jobs]), "run_hours": run_hours([j.out for j in jobs]), "runs": len(jobs), "workers": args.workers,
             "threads": args.threads, "versions": versions(), "seeds": args.seeds, "student": args.student,
             "epochs": args.epochs, "overrides": STUDY_OVERRIDES, "extra_flags": args.set}
     out = Path(args.out)
