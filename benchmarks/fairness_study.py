@@ -326,7 +326,7 @@ def claim(pairs: list[dict[str, Any]], ranked: list[dict[str, Any]], attack: str
         failed = "; ".join(f"over {name} not beyond seed noise against {', '.join(short[name]) or 'any'}"
                            for name, held in verdicts.items() if not held)
         lines.append(f"**The paper's ranking claim is only partly supported on this data**: {top} is better than every "
-                     f"{supported[0]} method, but {failed}.")
+                     f"{supported[0].removesuffix(' methods')} method, but {failed}.")
     else:
         lines.append(f"**The paper's ranking claim is not supported on this data**: the best Fair- method ({top}) is "
                      "not better than every ARD method, nor than every robust-fairness AT method, beyond seed noise.")
