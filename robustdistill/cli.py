@@ -36,14 +36,19 @@ def _untyped_flags(params: list[Any]) -> list[Any]:
     return params
 
 
-class _Command(typer.core.TyperCommand):
+class _UntypedFlags:
+    """Mixed into typer's command and group classes: their ``--help`` lists flags without ``<bool>``."""
+
     def get_params(self, ctx: click.Context) -> list[Any]:
-        return _untyped_flags(super().get_params(ctx))
+        return _untyped_flags(super().get_params(ctx))  # type: ignore[misc]
 
 
-class _Group(typer.core.TyperGroup):
-    def get_params(self, ctx: click.Context) -> list[Any]:
-        return _untyped_flags(super().get_params(ctx))
+class _Command(_UntypedFlags, typer.core.TyperCommand):
+    pass
+
+
+class _Group(_UntypedFlags, typer.core.TyperGroup):
+    pass
 
 
 app = typer.Typer(
