@@ -314,8 +314,8 @@ def claim(pairs: list[dict[str, Any]], ranked: list[dict[str, Any]], attack: str
     verdicts, short = {}, {}
     for group, name in ((METHODS, "ARD methods"), (ROBUST_FAIRNESS, "robust-fairness AT")):
         chosen = [p for p in pairs if p["a"] == top and p["b"] in group]
-        verdicts[name] = bool(chosen) and all(p["verdict"] == "better" for p in chosen)
         short[name] = [p["b"] for p in chosen if p["verdict"] != "better"]
+        verdicts[name] = bool(chosen) and not short[name]
         shown = "; ".join(f"vs {p['b']}: {fmt_change(p['worst'])} ({p['verdict']})" for p in chosen) or "no pair"
         lines.append(f"* {top} (the best Fair- method here) over {name}, worst-class {label}: {shown}.")
     supported = [name for name, held in verdicts.items() if held]
@@ -460,7 +460,7 @@ def main() -> None:
     result, teachers = analyse(loaded), loaded["teachers"]
     from robustdistill.runtime import versions
 
-    meta = {"command": "python benchmarks/fairness_study.py " + " ".join(sys.argv[1:]), "wall_time_s": time.time() - started,
+    meta = {"command": "python benchmarks/fairness_study.py " + " ".join(sys.argv[1:]), "last_invocation_s": time.time() - started,
             "study_hours": study_hours([j.out for j in jobs]), "run_hours": run_hours([j.out for j in jobs]), "runs": len(jobs), "workers": args.workers,
             "threads": args.threads, "versions": versions(), "seeds": args.seeds, "student": args.student,
             "epochs": args.epochs, "overrides": STUDY_OVERRIDES, "extra_flags": args.set}
