@@ -88,6 +88,24 @@ def test_missing_file(cli, helpers, tmp_path: Path) -> None:
     check_error(cli(*EVAL, tmp_path / "nope.pt", "--arch", "resnet18", "--dataset", "digits"), helpers, "does not exist")
 
 
+@pytest.mark.parametrize("command", [["evaluate", "MODEL"], ["distill", "--teacher", "MODEL", "--out", "OUT"],
+                                     ["fairness-report", "MODEL", "bundled:digits"]])
+def test_a_missing_model_file_is_named_before_anything_it_would_record(cli, helpers, tmp_path: Path, command) -> None:
+    """No --dataset / --eps given: the mistyped path is the error, not the dataset or budget it cannot tell."""
+    missing, out = tmp_path / "typo.safetensors", tmp_path / "run"
+    args = [str(missing) if a == "MODEL" else str(out) if a == "OUT" else a for a in command]
+    check_error(cli(*args), helpers, "does not exist", "typo.safetensors")
+    assert not out.exists()
+
+
+def test_a_missing_model_file_is_named_by_the_api_too(tmp_path: Path) -> None:
+    from robustdistill import evaluate
+    from robustdistill.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        evaluate(str(tmp_path / "typo.safetensors"))
+
+
 def test_truncated_checkpoint(cli, helpers, truncated_pt: Path) -> None:
     check_error(cli(*EVAL, truncated_pt, "--arch", "resnet18", "--dataset", "digits"), helpers, "truncated")
 

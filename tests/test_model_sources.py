@@ -171,7 +171,8 @@ def test_recorded_config_per_source(tmp_path: Path, student_file: Path) -> None:
     bundled = recorded_config("bundled:digits")
     assert bundled["dataset"] == "digits" and bundled["eps"] == "0.2" and bundled["method"] == "at"
     assert recorded_config(str(student_file)) == {"dataset": "digits", "eps": "0.2"}
-    assert recorded_config(str(tmp_path / "missing.safetensors")) == {}
+    with pytest.raises(CheckpointError, match="does not exist"):  # a typo is named, not read as "records nothing"
+        recorded_config(str(tmp_path / "missing.safetensors"))
     plain = tmp_path / "plain.safetensors"
     from safetensors.torch import save_file
 

@@ -307,10 +307,12 @@ def load_classifier(path: str | Path) -> Classifier:
 
 
 def recorded_config_of(path: str | Path) -> dict[str, Any]:
-    """The run config stored in a robustdistill safetensors file; ``{}`` for a missing file or other files."""
+    """The run config stored in a robustdistill safetensors file; ``{}`` for other safetensors files.
+
+    A missing or unreadable file raises the loader's :class:`CheckpointError` ("does not exist"), so
+    a mistyped path is named as such before anything asks for what the file would have recorded.
+    """
     path = Path(path)
-    if not path.exists():
-        return {}
     metadata = read_metadata(path)
     if META_CONFIG not in metadata:
         return {}
@@ -323,10 +325,9 @@ def recorded_config_of(path: str | Path) -> dict[str, Any]:
 def recorded_eps_of(path: str | Path) -> float | None:
     """The L-inf budget a robustdistill file was trained at: its spec's ``eps``, else the
     ``robustdistill.eps`` metadata, else the config's ``eps`` (older files store text such as
-    ``"0.2"`` or ``"8/255"``); ``None`` when the file records none (or does not exist)."""
+    ``"0.2"`` or ``"8/255"``); ``None`` when the file records none. A missing file raises, as in
+    :func:`recorded_config_of`."""
     path = Path(path)
-    if not path.exists():
-        return None
     metadata = read_metadata(path)
     if META_SPEC in metadata:
         spec = ModelSpec.from_json(metadata[META_SPEC], origin=f"the {META_SPEC} metadata of {str(path)!r}")
